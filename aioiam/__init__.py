@@ -1,0 +1,41 @@
+"""aioiam: asynchronous IBM Cloud IAM tokens, fetched once, shared, refreshed ahead of expiry.
+
+The public surface is re-exported here; everything in ``aioiam._*`` modules is private.
+"""
+
+from ._auth import IAMAuth
+from ._exceptions import (
+    IAMError,
+    IAMUnavailableError,
+    InvalidCredentialsError,
+    InvalidResponseError,
+    ManagerClosedError,
+    TransientIAMError,
+)
+from ._hooks import FetchAttempt, Hook
+from ._manager import TokenManager
+from ._sources import ApiKeySource, TokenSource
+from ._timing import RefreshPolicy, RetryPolicy, TokenState
+from ._token import Token, TokenResponse
+from ._version import __version__
+
+__all__ = [
+    "ApiKeySource",
+    "FetchAttempt",
+    "Hook",
+    "IAMAuth",
+    "IAMError",
+    "IAMUnavailableError",
+    "InvalidCredentialsError",
+    "InvalidResponseError",
+    "ManagerClosedError",
+    "RefreshPolicy",
+    "RetryPolicy",
+    "Token",
+    "TokenManager",
+    "TokenResponse",
+    "TokenSource",
+    "TokenState",
+    "TransientIAMError",
+    "__version__",
+]

@@ -1,0 +1,508 @@
+"""``TokenManager``: one shared, refreshed-ahead IAM token for any number of tasks.
+
+The async shell around the pure rules of ``_timing``. It owns three things:
+
+- the current token and the record of consecutive failures (the only mutable state);
+- at most one *flight*: the single IAM request in progress, with a one-shot event that every
+  waiter of that request waits on and a result they all read;
+- in ``async with`` mode, a task group holding the background refresher and every flight, so no
+  caller's cancellation can cancel a request other callers wait for.
+
+Without ``async with`` nothing runs in the background: the caller who finds a token missing or due
+starts the flight and runs it in its own task, shielded from its own cancellation so the others
+still get the answer.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from anyio import AsyncContextManagerMixin
+from anyio.abc import TaskGroup
+
+from ._exceptions import (
+    IAMError,
+    IAMUnavailableError,
+    InvalidResponseError,
+    ManagerClosedError,
+    TransientIAMError,
+)
+from ._hooks import FetchAttempt, Hook, call_hooks, logger
+from ._sources import USER_AGENT, ApiKeySource, TokenSource
+from ._timing import (
+    RefreshPolicy,
+    RetryPolicy,
+    TokenState,
+    backoff_delay,
+    next_attempt_at,
+    schedule,
+    token_state,
+)
+from ._token import Token, TokenResponse
+
+__all__ = ["TokenManager"]
+
+_NEVER = -math.inf
+#: Local wall clock and IAM's ``expiration`` further apart than this are reported (once).
+_SKEW_WARNING = 60.0
+
+
+class _Lifecycle(enum.Enum):
+    OPEN = "open"
+    RUNNING = "running"  # inside ``async with``: the refresher runs
+    CLOSED = "closed"
+
+
+class _Flight:
+    """One IAM request in progress and its outcome, shared by everyone who waits for it."""
+
+    __slots__ = ("done", "error", "token")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.token: Token | None = None
+        self.error: IAMError | None = None
+
+
+class TokenManager(AsyncContextManagerMixin):
+    """Fetches, caches, shares and refreshes one IAM token.
+
+    Use it as ``async with TokenManager(key) as tm:`` to get a background refresher (after the first
+    token no caller waits for IAM while IAM is healthy), or call :meth:`get_token` without
+    ``async with`` to refresh on demand; either way close it (leaving the block, or
+    :meth:`aclose`).
+
+    Args:
+        api_key: The IBM Cloud API key. Required unless ``source`` is given.
+        url: IAM's base URL; ``/identity/token`` is appended (a URL that already ends with it is
+            accepted). https only, except for loopback hosts.
+        client_id: With ``client_secret``, sent as HTTP Basic auth (both or neither).
+        client_secret: See ``client_id``.
+        scope: Sent as ``scope`` when given.
+        http_client: An ``httpx.AsyncClient`` you own and close; its ``auth`` is not applied to
+            token requests. When omitted the manager makes one and closes it.
+        transport: An ``httpx`` async transport for the client the manager makes (for instance
+            ``aioiam.testing.FakeIAM().transport``). Not allowed with ``http_client``.
+        source: A :class:`~aioiam.TokenSource` to use instead of the API-key grant.
+        refresh: When to refresh and when to stop handing a token out.
+        retry: How to retry, and how long a caller with no usable token waits.
+        hooks: Callables receiving a :class:`~aioiam.FetchAttempt` after every IAM request.
+        clock: The monotonic clock, in seconds. Sleeps and timeouts use the event loop's clock,
+            so inject one that moves with it (tests pass ``anyio.current_time`` under a virtual
+            event loop clock).
+        wall_clock: The Unix time, used only to warn about skew against IAM's ``expiration``.
+        rng: The random source for jitter.
+
+    Raises:
+        ValueError: A missing or blank key, a non-https URL for a non-loopback host, only one of
+            ``client_id``/``client_secret``, or conflicting arguments.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        url: str = "https://iam.cloud.ibm.com",
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        scope: str | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        source: TokenSource | None = None,
+        refresh: RefreshPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        hooks: Sequence[Hook] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if source is None:
+            if api_key is None:
+                raise ValueError("api_key is missing; pass the IBM Cloud API key (or a source)")
+            source = ApiKeySource(api_key, url=url, client_id=client_id, client_secret=client_secret, scope=scope)
+        elif api_key is not None or client_id is not None or client_secret is not None or scope is not None:
+            raise ValueError("pass either source or api_key (with client_id, client_secret, scope), not both")
+        if not isinstance(source, TokenSource):
+            raise TypeError("source must implement aioiam.TokenSource (a 'secrets' property and 'fetch')")
+        if http_client is not None and transport is not None:
+            raise ValueError("pass either http_client or transport, not both")
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise TypeError("http_client must be an httpx.AsyncClient")
+
+        self._source = source
+        self._refresh = refresh if refresh is not None else RefreshPolicy()
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._hooks = tuple(hooks)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._rng = rng if rng is not None else random.Random()
+        self._owns_client = http_client is None
+        self._client = http_client if http_client is not None else self._make_client(transport)
+
+        self._state = _Lifecycle.OPEN
+        self._token: Token | None = None
+        self._flight: _Flight | None = None
+        self._failures = 0
+        self._last_error: IAMError | None = None
+        self._not_before = _NEVER
+        self._tg: TaskGroup | None = None
+        self._wakeup: anyio.Event | None = None
+        self._warned_skew = False
+        self._requests = 0
+
+    def _make_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(self._retry.request_timeout),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        token = self._token
+        remaining = f"{token.stale_at - self._clock():.0f}s" if token is not None else "none"
+        return f"<TokenManager {self._state.value} source={self._source!r} token_valid_for={remaining}>"
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def token(self) -> Token | None:
+        """The token held right now, if any, whatever its state. Does no I/O."""
+        return self._token
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has run."""
+        return self._state is _Lifecycle.CLOSED
+
+    @property
+    def request_count(self) -> int:
+        """How many requests this manager has sent to IAM."""
+        return self._requests
+
+    async def get_token(self) -> str:
+        """Return a usable access token, fetching or refreshing it only when needed.
+
+        Returns at once while the cached token is fresh. No caller ever receives a token inside
+        its expiry margin. Concurrent callers share one IAM request.
+
+        Raises:
+            InvalidCredentialsError: IAM refused the key (also to later callers within the
+                cooldown, without a new request).
+            IAMUnavailableError: No usable token, and IAM did not give one within
+                ``retry.timeout``.
+            InvalidResponseError: IAM's answer was not a usable token response.
+            ManagerClosedError: The manager is closed, or was closed while waiting.
+        """
+        token = self._token
+        if token is not None and self._clock() < token.refresh_at:
+            return token.access_token
+        return (await self._get_slow()).access_token
+
+    async def get_token_info(self) -> Token:
+        """Like :meth:`get_token`, but return the whole :class:`~aioiam.Token`."""
+        token = self._token
+        if token is not None and self._clock() < token.refresh_at:
+            return token
+        return await self._get_slow()
+
+    def invalidate(self, access_token: str) -> bool:
+        """Drop the current token if it is ``access_token``; the next caller gets a new one.
+
+        Meant for a service that answered 401 to a token: comparing with the token actually
+        used means a hundred concurrent 401s for one token cause one refresh, not a hundred.
+
+        Returns:
+            Whether the token was dropped (``False`` when it had already been replaced).
+        """
+        token = self._token
+        if token is None or token.access_token != access_token:
+            return False
+        self._token = None
+        logger.info("aioiam: token dropped after a 401 from a service; fetching a new one")
+        self._poke()
+        return True
+
+    async def aclose(self) -> None:
+        """Close the manager: stop the refresher, wake waiters with ``ManagerClosedError``, close
+        the HTTP client the manager made (never one you passed in). Idempotent."""
+        if self._state is _Lifecycle.CLOSED:
+            return
+        self._close_now()
+        if self._tg is None and self._owns_client:
+            await self._client.aclose()
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncIterator[TokenManager]:
+        if self._state is _Lifecycle.CLOSED:
+            raise ManagerClosedError("this TokenManager is closed; make a new one")
+        if self._state is _Lifecycle.RUNNING:
+            raise RuntimeError("this TokenManager is already running in an 'async with' block")
+        body_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as outer:
+                await outer.start(self._host)
+                try:
+                    yield self
+                except BaseException as exc:
+                    # Re-raised below, outside the task group, so the caller sees their own
+                    # exception and not an ExceptionGroup around it.
+                    body_error = exc
+                finally:
+                    self._close_now()
+        finally:
+            self._tg = None
+            if self._owns_client:
+                with anyio.CancelScope(shield=True):
+                    await self._client.aclose()
+        if body_error is not None:
+            raise body_error
+
+    # ------------------------------------------------------------------ background refresher
+
+    async def _host(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self._state = _Lifecycle.RUNNING
+            tg.start_soon(self._refresher, name="aioiam refresher")
+            task_status.started()
+
+    async def _refresher(self) -> None:
+        """Refresh ahead of expiry and retry after failures, forever, until cancelled."""
+        while True:
+            now = self._clock()
+            at = next_attempt_at(self._token, self._not_before, now)
+            if at > now:
+                await self._sleep_until(at)
+                continue
+            flight = self._flight or self._start_flight()
+            await flight.done.wait()
+
+    def _poke(self) -> None:
+        """Wake everything sleeping in :meth:`_sleep_until` so it looks at the state again."""
+        event = self._wakeup
+        if event is not None:
+            self._wakeup = None
+            event.set()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        if self._wakeup is None:
+            self._wakeup = anyio.Event()
+        event = self._wakeup
+        with anyio.move_on_after(max(0.0, deadline - self._clock())):
+            await event.wait()
+
+    # ------------------------------------------------------------------ callers
+
+    async def _get_slow(self) -> Token:
+        deadline = self._clock() + self._retry.timeout
+        while True:
+            if self._state is _Lifecycle.CLOSED:
+                raise ManagerClosedError("this TokenManager is closed")
+            now = self._clock()
+            token = self._token
+            state = token_state(token, now)
+            if state is TokenState.FRESH:
+                assert token is not None
+                return token
+            if state is TokenState.REFRESH_DUE:
+                assert token is not None
+                if self._tg is None and self._flight is None and now >= self._not_before:
+                    # On demand: this caller refreshes; concurrent callers keep the valid token.
+                    await self._run_inline(self._start_flight())
+                    continue
+                return token
+
+            # No usable token: wait for one.
+            error = self._last_error
+            if error is not None and now < self._not_before:
+                if not isinstance(error, TransientIAMError):
+                    raise error._fresh_copy()
+                if self._not_before > deadline:
+                    raise self._unavailable(error)
+                await self._sleep_until(self._not_before)
+                continue
+            if now >= deadline:
+                raise self._unavailable(error)
+            flight = self._flight
+            if flight is None:
+                flight = self._start_flight()
+                if self._tg is None:
+                    await self._run_inline(flight)
+            with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                await flight.done.wait()
+            if not flight.done.is_set():
+                raise self._unavailable(self._last_error, waited=True)
+            if flight.error is not None and not isinstance(flight.error, TransientIAMError):
+                raise flight.error._fresh_copy()
+
+    def _unavailable(self, cause: IAMError | None, *, waited: bool = False) -> IAMUnavailableError:
+        if waited:
+            message = f"no token from IAM within {self._retry.timeout:g}s"
+        else:
+            message = "IAM is unavailable and no usable token is left"
+        if cause is not None:
+            message += f"; last failure: {cause}"
+        return IAMUnavailableError(
+            message,
+            cause=cause,
+            status_code=cause.status_code if cause else None,
+            error_code=cause.error_code if cause else None,
+            request_id=cause.request_id if cause else None,
+        )
+
+    # ------------------------------------------------------------------ flights
+
+    def _start_flight(self) -> _Flight:
+        """Make the one flight and, in ``async with`` mode, start it in the task group.
+
+        Synchronous on purpose: between checking ``self._flight`` and setting it nothing can run.
+        Without a task group the caller must run it with :meth:`_run_inline`.
+        """
+        assert self._flight is None
+        flight = _Flight()
+        self._flight = flight
+        if self._tg is not None:
+            self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
+        return flight
+
+    async def _run_inline(self, flight: _Flight) -> None:
+        # Shielded: cancelling this caller must not cancel the request others wait for. The
+        # request is bounded by retry.request_timeout, so the delay to this caller's
+        # cancellation is bounded too.
+        with anyio.CancelScope(shield=True):
+            await self._run_flight(flight)
+
+    async def _run_flight(self, flight: _Flight) -> None:
+        background = token_state(self._token, self._clock()) is not TokenState.UNUSABLE
+        started = self._clock()
+        wall_started = self._wall_clock()
+        self._requests += 1
+        response: TokenResponse | None = None
+        error: IAMError | None = None
+        try:
+            with anyio.fail_after(self._retry.request_timeout):
+                response = await self._source.fetch(self._client)
+        except TimeoutError:
+            error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
+        except httpx.TransportError as exc:
+            error = TransientIAMError(f"could not reach IAM: {type(exc).__name__}: {self._redact(str(exc))}")
+        except IAMError as exc:
+            error = exc
+        except httpx.HTTPError as exc:
+            error = InvalidResponseError(f"IAM's answer could not be read: {type(exc).__name__}")
+        except anyio.get_cancelled_exc_class():
+            self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
+            raise
+        except Exception as exc:  # a custom source's bug must still reach callers as an IAMError
+            error = InvalidResponseError(f"the token source failed: {type(exc).__name__}")
+            error.__cause__ = exc
+        duration = self._clock() - started
+        if self._state is _Lifecycle.CLOSED:
+            self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
+            return
+
+        if response is not None:
+            token = schedule(response, started, self._refresh, self._rng.random())
+            self._check_skew(response, wall_started)
+            self._token = token
+            self._failures = 0
+            self._last_error = None
+            self._not_before = _NEVER
+            logger.debug(
+                "aioiam: got a token valid for %.0fs in %.3fs; refresh due in %.0fs",
+                token.expires_in,
+                duration,
+                token.refresh_at - self._clock(),
+            )
+            call_hooks(self._hooks, FetchAttempt(True, duration, background, 0, expires_in=token.expires_in))
+            self._finish(flight, token, None)
+            return
+
+        assert error is not None
+        self._failures += 1
+        transient = isinstance(error, TransientIAMError)
+        retry_after = error.retry_after if isinstance(error, TransientIAMError) else None
+        # Refused keys and unusable answers wait the whole backoff cap (no jitter), so they are
+        # never hammered; transient failures get full jitter.
+        delay = backoff_delay(
+            self._failures, self._retry, self._rng.random() if transient else 1.0, retry_after=retry_after
+        )
+        self._not_before = self._clock() + delay
+        self._last_error = error
+        current = self._token
+        if current is not None and token_state(current, self._clock()) is not TokenState.UNUSABLE:
+            logger.warning(
+                "aioiam: token refresh failed (%s); still serving the current token, usable for %.0fs more; "
+                "next attempt in %.1fs",
+                error,
+                current.stale_at - self._clock(),
+                delay,
+            )
+        else:
+            logger.warning("aioiam: token request failed (%s); next attempt allowed in %.1fs", error, delay)
+        call_hooks(
+            self._hooks,
+            FetchAttempt(
+                False,
+                duration,
+                background,
+                self._failures,
+                error_type=type(error).__name__,
+                status_code=error.status_code,
+                error_code=error.error_code,
+                next_attempt_in=delay,
+            ),
+        )
+        self._finish(flight, None, error)
+
+    def _finish(self, flight: _Flight, token: Token | None, error: IAMError | None) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if flight.done.is_set():  # already failed by aclose()
+            return
+        flight.token = token
+        flight.error = error
+        flight.done.set()
+
+    def _check_skew(self, response: TokenResponse, wall_started: float) -> None:
+        if self._warned_skew or response.expiration is None:
+            return
+        skew = response.expiration - (wall_started + response.expires_in)
+        if abs(skew) > _SKEW_WARNING:
+            self._warned_skew = True
+            logger.warning(
+                "aioiam: the local clock differs from IAM's by about %.0fs. aioiam times tokens on the "
+                "monotonic clock, so it is not affected; tools that compare a token's 'exp' with local "
+                "time are.",
+                -skew,
+            )
+
+    def _redact(self, text: str) -> str:
+        for secret in self._source.secrets:
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def _close_now(self) -> None:
+        """Mark closed, cancel background work, and fail the flight its waiters wait on."""
+        if self._state is not _Lifecycle.CLOSED:
+            logger.debug("aioiam: token manager closed")
+        self._state = _Lifecycle.CLOSED
+        self._token = None
+        flight = self._flight
+        if flight is not None and not flight.done.is_set():
+            flight.error = ManagerClosedError("the TokenManager was closed while waiting for a token")
+            flight.done.set()
+        self._flight = None
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        self._poke()
+

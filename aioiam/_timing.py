@@ -1,0 +1,212 @@
+"""Every timing decision, as pure functions of ``(token, now, policy)``.
+
+Nothing here sleeps, reads a clock or draws random numbers: callers pass ``now`` (a monotonic
+reading) and ``u`` (a uniform draw in ``[0, 1)``), so each rule can be tested exhaustively.
+
+- :func:`token_state`: is a token fresh, due for refresh, or no longer to be handed out?
+- :func:`schedule`: when a new token is refreshed, goes stale and expires.
+- :func:`backoff_delay`: how long to wait after the n-th consecutive failure.
+- :func:`next_attempt_at`: when the background refresher should next ask IAM.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import timedelta
+
+from ._token import Token, TokenResponse
+
+__all__ = [
+    "RefreshPolicy",
+    "RetryPolicy",
+    "TokenState",
+    "backoff_delay",
+    "expiry_margin",
+    "next_attempt_at",
+    "schedule",
+    "seconds",
+    "token_state",
+]
+
+
+def seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:
+    """A duration in seconds from a number or a ``timedelta``.
+
+    Raises:
+        ValueError: The duration is negative, not finite, or zero where that is not allowed.
+        TypeError: The value is neither a number nor a ``timedelta``.
+    """
+    if isinstance(value, timedelta):
+        result = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = float(value)
+    else:
+        raise TypeError(f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}")
+    if result != result or result in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite")
+    if result < 0 or (result == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {result}")
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """When tokens are refreshed and when they stop being handed out.
+
+    Attributes:
+        refresh_fraction: Refresh once this fraction of the lifetime has passed (IBM's cores: 0.8).
+        jitter_fraction: Move the refresh earlier by a random amount up to this fraction of the
+            lifetime, so a fleet started together does not refresh in lockstep.
+        expiry_margin: Never hand out a token this close to its expiry (seconds)...
+        expiry_margin_fraction: ...or this fraction of its lifetime, whichever is smaller, so
+            short-lived tokens stay usable for most of their life.
+    """
+
+    refresh_fraction: float = 0.8
+    jitter_fraction: float = 0.05
+    expiry_margin: float = 10.0
+    expiry_margin_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.refresh_fraction <= 1:
+            raise ValueError("refresh_fraction must be in (0, 1]")
+        if not 0 <= self.jitter_fraction < self.refresh_fraction:
+            raise ValueError("jitter_fraction must be in [0, refresh_fraction)")
+        object.__setattr__(self, "expiry_margin", seconds(self.expiry_margin, "expiry_margin"))
+        if not 0 <= self.expiry_margin_fraction < 1:
+            raise ValueError("expiry_margin_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How failed token requests are retried.
+
+    Delays use capped exponential backoff with full jitter: after the n-th consecutive failure the
+    wait is uniform in ``[0, min(max_delay, initial_delay * multiplier ** (n - 1))]``, and never
+    shorter than a ``Retry-After`` IAM sent (itself capped at ``max_retry_after``).
+
+    Attributes:
+        initial_delay: The cap of the first wait (seconds).
+        max_delay: The cap of every wait (seconds).
+        multiplier: Growth of the cap per consecutive failure.
+        timeout: How long a caller with no usable token waits in all before
+            :class:`~aioiam.IAMUnavailableError` (seconds).
+        request_timeout: How long one request to IAM may take (seconds), whatever the HTTP
+            client's own timeouts say.
+        max_retry_after: The longest ``Retry-After`` honoured (seconds).
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    timeout: float = 15.0
+    request_timeout: float = 10.0
+    max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay", "timeout", "request_timeout", "max_retry_after"):
+            object.__setattr__(
+                self, name, seconds(getattr(self, name), name, allow_zero=name != "request_timeout")
+            )
+        if self.multiplier < 1:
+            raise ValueError("multiplier must be at least 1")
+        if self.max_delay < self.initial_delay:
+            raise ValueError("max_delay must be at least initial_delay")
+
+
+class TokenState(enum.Enum):
+    """Where a token stands at a given moment."""
+
+    #: Hand it out; nothing to do.
+    FRESH = "fresh"
+    #: Hand it out, and make sure a refresh is under way.
+    REFRESH_DUE = "refresh_due"
+    #: Never hand it out: within its expiry margin, expired, or absent.
+    UNUSABLE = "unusable"
+
+
+def expiry_margin(lifetime: float, policy: RefreshPolicy) -> float:
+    """Seconds before expiry from which a token is no longer handed out."""
+    return min(policy.expiry_margin, policy.expiry_margin_fraction * lifetime)
+
+
+def schedule(response: TokenResponse, obtained_at: float, policy: RefreshPolicy, u: float) -> Token:
+    """Make a :class:`Token` with its refresh time, stale time and expiry.
+
+    Args:
+        response: What IAM answered.
+        obtained_at: The monotonic time the request was sent (so time in flight counts against
+            the token, never for it).
+        policy: The refresh policy.
+        u: A uniform draw in ``[0, 1)`` for the jitter.
+
+    Returns:
+        A token with ``obtained_at <= refresh_at <= stale_at < expires_at``.
+    """
+    lifetime = response.expires_in
+    expires_at = obtained_at + lifetime
+    stale_at = expires_at - expiry_margin(lifetime, policy)
+    refresh_at = obtained_at + lifetime * (policy.refresh_fraction - policy.jitter_fraction * u)
+    refresh_at = min(max(refresh_at, obtained_at), stale_at)
+    return Token(
+        access_token=response.access_token,
+        token_type=response.token_type,
+        expires_in=response.expires_in,
+        refresh_token=response.refresh_token,
+        expiration=response.expiration,
+        scope=response.scope,
+        claims=response.claims,
+        obtained_at=obtained_at,
+        refresh_at=refresh_at,
+        stale_at=stale_at,
+        expires_at=expires_at,
+    )
+
+
+def token_state(token: Token | None, now: float) -> TokenState:
+    """Classify ``token`` at ``now``. ``None`` is :attr:`TokenState.UNUSABLE`."""
+    if token is None or now >= token.stale_at:
+        return TokenState.UNUSABLE
+    if now >= token.refresh_at:
+        return TokenState.REFRESH_DUE
+    return TokenState.FRESH
+
+
+def backoff_delay(
+    failures: int,
+    policy: RetryPolicy,
+    u: float,
+    *,
+    retry_after: float | None = None,
+) -> float:
+    """Seconds to wait after ``failures`` consecutive failures (``failures >= 1``).
+
+    Full jitter: ``u * min(max_delay, initial_delay * multiplier ** (failures - 1))``, raised to
+    ``retry_after`` (capped at ``max_retry_after``) when IAM sent one.
+    """
+    if failures < 1:
+        return 0.0
+    # Cap the exponent: beyond a few dozen doublings every cap is max_delay anyway.
+    exponent = min(failures - 1, 64)
+    cap = min(policy.max_delay, policy.initial_delay * policy.multiplier**exponent)
+    delay = u * cap
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, policy.max_retry_after))
+    return delay
+
+
+def next_attempt_at(token: Token | None, not_before: float, now: float) -> float:
+    """When the background refresher should next ask IAM.
+
+    Args:
+        token: The current token, if any.
+        not_before: The end of the current backoff (``-inf`` when nothing failed).
+        now: The current monotonic time.
+
+    Returns:
+        ``token.refresh_at`` for a token that is still fresh, otherwise now; never before
+        ``not_before``.
+    """
+    due = token.refresh_at if token is not None and now < token.refresh_at else now
+    return max(due, not_before)

@@ -1,0 +1,37 @@
+"""Shared fixtures: every async test runs on asyncio and on trio, both on virtual time.
+
+Virtual time means sleeps and timeouts cost no real time and run in a deterministic order: on trio
+through ``MockClock(autojump_threshold=0)``, on asyncio through ``tests._virtual_time``. Tests that
+talk to a real socket on loopback are marked ``real_time`` and get the real clocks instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import trio.testing
+
+from tests._virtual_time import new_virtual_loop
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param("trio", id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    if request.node.get_closest_marker("real_time"):
+        return (request.param, {})
+    if request.param == "asyncio":
+        return ("asyncio", {"loop_factory": new_virtual_loop})
+    return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+
+
+@pytest.fixture
+def clock() -> Callable[[], float]:
+    """The clock the manager must use so its deadlines agree with the loop's sleeps."""
+    return anyio.current_time
