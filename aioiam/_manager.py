@@ -275,8 +275,8 @@ class TokenManager(AsyncContextManagerMixin):
             task_status.started()
 
     async def _refresher(self) -> None:
-        """Refresh ahead of expiry and retry after failures, forever, until cancelled."""
-        while True:
+        """Refresh ahead of expiry and retry after failures, until the manager closes."""
+        while self._state is not _Lifecycle.CLOSED:
             now = self._clock()
             at = next_attempt_at(self._token, self._not_before, now)
             if at > now:
@@ -367,6 +367,8 @@ class TokenManager(AsyncContextManagerMixin):
         Without a task group the caller must run it with :meth:`_run_inline`.
         """
         assert self._flight is None
+        if self._state is _Lifecycle.CLOSED:
+            raise ManagerClosedError("this TokenManager is closed")
         flight = _Flight()
         self._flight = flight
         if self._tg is not None:
@@ -432,13 +434,19 @@ class TokenManager(AsyncContextManagerMixin):
         retry_after = error.retry_after if isinstance(error, TransientIAMError) else None
         # Refused keys and unusable answers wait the whole backoff cap (no jitter), so they are
         # never hammered; transient failures get full jitter.
-        delay = backoff_delay(
-            self._failures, self._retry, self._rng.random() if transient else 1.0, retry_after=retry_after
-        )
-        self._not_before = self._clock() + delay
-        self._last_error = error
+        now = self._clock()
         current = self._token
-        if current is not None and token_state(current, self._clock()) is not TokenState.UNUSABLE:
+        usable_for = current.stale_at - now if current is not None else None
+        delay = backoff_delay(
+            self._failures,
+            self._retry,
+            self._rng.random() if transient else 1.0,
+            retry_after=retry_after,
+            usable_for=usable_for,
+        )
+        self._not_before = now + delay
+        self._last_error = error
+        if current is not None and token_state(current, now) is not TokenState.UNUSABLE:
             logger.warning(
                 "aioiam: token refresh failed (%s); still serving the current token, usable for %.0fs more; "
                 "next attempt in %.1fs",

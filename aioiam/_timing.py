@@ -179,11 +179,17 @@ def backoff_delay(
     u: float,
     *,
     retry_after: float | None = None,
+    usable_for: float | None = None,
 ) -> float:
     """Seconds to wait after ``failures`` consecutive failures (``failures >= 1``).
 
     Full jitter: ``u * min(max_delay, initial_delay * multiplier ** (failures - 1))``, raised to
     ``retry_after`` (capped at ``max_retry_after``) when IAM sent one.
+
+    While the current token is still usable for ``usable_for`` more seconds, the wait is also
+    capped at half of that (but not below ``initial_delay``), so a refresh gets further tries
+    before the token goes stale instead of sleeping past it. An explicit ``retry_after`` wins
+    over this cap: IAM asked us to wait.
     """
     if failures < 1:
         return 0.0
@@ -191,6 +197,8 @@ def backoff_delay(
     exponent = min(failures - 1, 64)
     cap = min(policy.max_delay, policy.initial_delay * policy.multiplier**exponent)
     delay = u * cap
+    if usable_for is not None and usable_for > 0:
+        delay = min(delay, max(policy.initial_delay, usable_for / 2))
     if retry_after is not None:
         delay = max(delay, min(retry_after, policy.max_retry_after))
     return delay

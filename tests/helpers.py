@@ -1,0 +1,58 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+
+from aioiam import FetchAttempt, RefreshPolicy, TokenManager
+from aioiam.testing import FakeIAM
+
+KEY = "test-api-key"
+NO_JITTER = RefreshPolicy(jitter_fraction=0)
+
+
+def make_manager(fake: FakeIAM | None = None, **kwargs: Any) -> TokenManager:
+    """A manager on the test clock talking to ``fake`` in process."""
+    fake = fake if fake is not None else FakeIAM()
+    kwargs.setdefault("url", "http://127.0.0.1:1")
+    kwargs.setdefault("clock", anyio.current_time)
+    if "http_client" not in kwargs:
+        kwargs.setdefault("transport", fake.transport)
+    return TokenManager(kwargs.pop("api_key", KEY), **kwargs)
+
+
+class Recorder:
+    """A hook that keeps every FetchAttempt."""
+
+    def __init__(self) -> None:
+        self.attempts: list[FetchAttempt] = []
+
+    def __call__(self, attempt: FetchAttempt) -> None:
+        self.attempts.append(attempt)
+
+
+class FlakyTransport(httpx.AsyncBaseTransport):
+    """Raises ``error()`` for the first ``failures`` requests, then defers to ``inner``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, failures: int, error: Callable[[], Exception]) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error()
+        return await self.inner.handle_async_request(request)
+
+
+async def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Await ``fn()`` and return its result with the (virtual) time it took."""
+    start = anyio.current_time()
+    result = await fn()
+    return result, anyio.current_time() - start

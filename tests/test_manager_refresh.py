@@ -1,0 +1,339 @@
+"""Refresh ahead of expiry, expiry margins, retries, cooldowns and outages."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import anyio
+import httpx
+import pytest
+
+from aioiam import (
+    IAMUnavailableError,
+    InvalidCredentialsError,
+    InvalidResponseError,
+    RefreshPolicy,
+    RetryPolicy,
+    TokenManager,
+    TransientIAMError,
+)
+from aioiam.testing import FakeIAM, Fault
+from tests.helpers import NO_JITTER, FlakyTransport, Recorder, make_manager
+
+pytestmark = pytest.mark.anyio
+
+
+async def steady_callers(tm: TokenManager, duration: float, every: float = 0.5) -> tuple[int, float, list[str]]:
+    """Call get_token every `every` seconds; return (calls, longest wait, tokens seen)."""
+    calls = 0
+    longest = 0.0
+    seen: list[str] = []
+    end = anyio.current_time() + duration
+    while anyio.current_time() < end:
+        start = anyio.current_time()
+        token = await tm.get_token_info()
+        now = anyio.current_time()
+        assert now < token.stale_at, "a token inside its expiry margin was handed out"
+        longest = max(longest, now - start)
+        if not seen or seen[-1] != token.access_token:
+            seen.append(token.access_token)
+        calls += 1
+        await anyio.sleep(every)
+    return calls, longest, seen
+
+
+async def test_background_refresh_means_no_caller_waits_after_the_first_token() -> None:
+    fake = FakeIAM(lifetime=100, latency=0.2)
+    async with make_manager(fake, refresh=NO_JITTER) as tm:
+        await tm.get_token()
+        calls, longest, seen = await steady_callers(tm, duration=390)
+    assert calls > 700
+    assert longest == 0  # nobody waited for IAM
+    # Refreshed at 80% of each lifetime: at 80, 160, 240 and 320 s.
+    assert fake.requests == len(seen) == 1 + 4
+
+
+async def test_refresh_happens_at_80_percent_moved_earlier_by_jitter() -> None:
+    fake = FakeIAM(lifetime=1000)
+    recorder = Recorder()
+    policy = RefreshPolicy(jitter_fraction=0.05)
+    async with make_manager(fake, refresh=policy, hooks=[recorder], rng=random.Random(7)) as tm:
+        first = await tm.get_token_info()
+        assert 750 <= first.refresh_at - first.obtained_at <= 800
+        await anyio.sleep(first.refresh_at - anyio.current_time() + 0.001)
+        await anyio.sleep(0)
+        assert fake.requests == 2
+        assert recorder.attempts[-1].background
+
+
+async def test_jitter_differs_between_managers() -> None:
+    offsets = set()
+    for seed in range(5):
+        tm = make_manager(FakeIAM(lifetime=1000), rng=random.Random(seed))
+        token = await tm.get_token_info()
+        offsets.add(round(token.refresh_at - token.obtained_at, 3))
+        await tm.aclose()
+    assert len(offsets) == 5
+
+
+async def test_on_demand_refresh_is_done_by_the_caller_who_finds_it_due() -> None:
+    fake = FakeIAM(lifetime=100, latency=1.0)
+    tm = make_manager(fake, refresh=NO_JITTER)
+    first = await tm.get_token()
+    await anyio.sleep(85)  # due (80) but not stale (90)
+    results: dict[str, tuple[str, float]] = {}
+
+    async def call(name: str) -> None:
+        start = anyio.current_time()
+        token = await tm.get_token()
+        results[name] = (token, anyio.current_time() - start)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call, "refresher")
+        await anyio.sleep(0.1)
+        tg.start_soon(call, "other")
+    assert results["other"] == (first, 0)  # kept using the still-valid token
+    assert results["refresher"][0] != first
+    assert results["refresher"][1] == pytest.approx(1.0)
+    assert fake.requests == 2
+    await tm.aclose()
+
+
+async def test_lifetime_counts_from_when_the_request_was_sent() -> None:
+    fake = FakeIAM(lifetime=100, latency=5.0)
+    tm = make_manager(fake, refresh=NO_JITTER)
+    token = await tm.get_token_info()
+    assert token.obtained_at == pytest.approx(0.0, abs=1e-6)
+    assert token.expires_at == pytest.approx(100.0, abs=1e-6)
+    assert token.stale_at == pytest.approx(90.0, abs=1e-6)
+    await tm.aclose()
+
+
+async def test_a_token_inside_its_margin_is_never_handed_out() -> None:
+    fake = FakeIAM(lifetime=100)
+    async with make_manager(fake, refresh=NO_JITTER, retry=RetryPolicy(timeout=5)) as tm:
+        old = await tm.get_token_info()
+        fake.down = True
+        await anyio.sleep(old.stale_at - anyio.current_time())
+        with pytest.raises(IAMUnavailableError) as info:
+            await tm.get_token()
+        assert anyio.current_time() >= old.stale_at
+        assert isinstance(info.value.cause, TransientIAMError)
+        assert info.value.status_code == 503
+
+
+async def test_short_lived_tokens_keep_most_of_their_life() -> None:
+    fake = FakeIAM(lifetime=20)
+    tm = make_manager(fake, refresh=NO_JITTER)
+    token = await tm.get_token_info()
+    assert token.stale_at - token.obtained_at == pytest.approx(18)  # margin = 10% of 20 s
+    await tm.aclose()
+
+
+async def test_clock_skew_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeIAM(lifetime=100, wall_clock=lambda: 1_000_000.0 + 7200)
+    tm = make_manager(fake, wall_clock=lambda: 1_000_000.0, refresh=NO_JITTER)
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        await tm.get_token()
+        await anyio.sleep(95)
+        await tm.get_token()
+    skew = [r for r in caplog.records if "clock" in r.getMessage()]
+    assert len(skew) == 1
+    assert "7200" in skew[0].getMessage()
+    assert fake.requests == 2
+    await tm.aclose()
+
+
+async def test_transient_failures_are_retried_with_backoff() -> None:
+    fake = FakeIAM()
+    fake.fail_next(3, status=503)
+    recorder = Recorder()
+    tm = make_manager(fake, hooks=[recorder], retry=RetryPolicy(initial_delay=1, max_delay=8), rng=random.Random(1))
+    token = await tm.get_token()
+    assert token == fake.issued[0]
+    assert fake.requests == 4
+    delays = [a.next_attempt_in for a in recorder.attempts if not a.ok]
+    assert [a.consecutive_failures for a in recorder.attempts] == [1, 2, 3, 0]
+    assert all(d is not None and 0 <= d <= cap for d, cap in zip(delays, [1, 2, 4], strict=True))
+    assert anyio.current_time() == pytest.approx(sum(d for d in delays if d is not None), abs=1e-6)
+    await tm.aclose()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: httpx.ConnectError("connection refused"),
+        lambda: httpx.ReadTimeout("read timed out"),
+        lambda: httpx.RemoteProtocolError("server disconnected"),
+    ],
+    ids=["connect", "read-timeout", "reset"],
+)
+async def test_network_errors_are_transient(error: object) -> None:
+    fake = FakeIAM()
+    transport = FlakyTransport(fake.transport, failures=2, error=error)  # type: ignore[arg-type]
+    tm = make_manager(fake, transport=transport)
+    assert await tm.get_token() == fake.issued[0]
+    assert transport.calls == 3
+    await tm.aclose()
+
+
+async def test_a_hung_request_times_out_and_is_retried() -> None:
+    fake = FakeIAM()
+    fake.fail_next(1, Fault(status=200, delay=1000))
+    tm = make_manager(fake, retry=RetryPolicy(request_timeout=2, initial_delay=0.1))
+    assert await tm.get_token() == fake.issued[0]
+    assert 2 <= anyio.current_time() <= 2.2
+    await tm.aclose()
+
+
+async def test_retry_after_is_honoured() -> None:
+    fake = FakeIAM()
+    fake.fail_next(1, status=429, headers={"Retry-After": "7"}, error_code="BXNIM0436E")
+    tm = make_manager(fake)
+    await tm.get_token()
+    assert anyio.current_time() == pytest.approx(7, abs=1e-6)
+    assert fake.requests == 2
+    await tm.aclose()
+
+
+async def test_foreground_caller_gives_up_after_the_timeout() -> None:
+    fake = FakeIAM()
+    fake.down = True
+    tm = make_manager(fake, retry=RetryPolicy(timeout=10, initial_delay=0.5, max_delay=4))
+    with pytest.raises(IAMUnavailableError) as info:
+        await tm.get_token()
+    assert anyio.current_time() <= 10
+    assert isinstance(info.value.__cause__, TransientIAMError)
+    assert "503" in str(info.value)
+    assert fake.requests >= 2
+    await tm.aclose()
+
+
+async def test_retry_after_beyond_the_callers_timeout_fails_fast() -> None:
+    fake = FakeIAM()
+    fake.fail_next(1, status=503, headers={"Retry-After": "120"})
+    tm = make_manager(fake, retry=RetryPolicy(timeout=10))
+    with pytest.raises(IAMUnavailableError):
+        await tm.get_token()
+    assert anyio.current_time() == 0
+    assert fake.requests == 1
+    await tm.aclose()
+
+
+async def test_refused_key_fails_at_once_and_is_not_resent_by_new_callers() -> None:
+    fake = FakeIAM(api_keys=["the-right-key"])
+    tm = make_manager(fake, api_key="a-wrong-key", retry=RetryPolicy(initial_delay=1, max_delay=60))
+    errors: list[InvalidCredentialsError] = []
+
+    async def caller() -> None:
+        try:
+            await tm.get_token()
+        except InvalidCredentialsError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(caller)
+    assert len(errors) == 100
+    assert fake.requests == 1
+    assert anyio.current_time() == 0
+    first = errors[0]
+    assert (first.status_code, first.error_code) == (400, "BXNIM0415E")
+    assert first.request_id is not None and first.request_id.startswith("fake-")
+
+    # Within the cooldown: the same error, no new request.
+    await anyio.sleep(0.5)
+    with pytest.raises(InvalidCredentialsError):
+        await tm.get_token()
+    assert fake.requests == 1
+    # After it: one new request, and a longer cooldown.
+    await anyio.sleep(0.6)
+    with pytest.raises(InvalidCredentialsError):
+        await tm.get_token()
+    assert fake.requests == 2
+    await anyio.sleep(1.5)
+    with pytest.raises(InvalidCredentialsError):
+        await tm.get_token()
+    assert fake.requests == 2
+    await tm.aclose()
+
+
+async def test_wrong_endpoint_is_a_clear_non_retried_error() -> None:
+    fake = FakeIAM()
+    tm = make_manager(fake, url="http://127.0.0.1:1/wrong/path")
+    with pytest.raises(InvalidResponseError, match="url"):
+        await tm.get_token()
+    assert fake.requests == 1
+    await tm.aclose()
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_valid_token_is_served_through_an_outage(seed: int) -> None:
+    fake = FakeIAM(lifetime=100)
+    recorder = Recorder()
+    async with make_manager(fake, refresh=NO_JITTER, hooks=[recorder], rng=random.Random(seed)) as tm:
+        first = await tm.get_token()
+        fake.down = True
+        # Refresh is due at 80 and fails until 87; the token is usable until 90.
+        calls, longest, seen = await steady_callers(tm, duration=87)
+        assert seen == [first]
+        failures = [a for a in recorder.attempts if not a.ok]
+        assert failures and all(a.background for a in failures)
+        fake.down = False
+        more_calls, more_longest, more_seen = await steady_callers(tm, duration=50)
+    assert longest == more_longest == 0  # nobody waited, nobody got an error
+    assert more_seen[0] in (first, fake.issued[1])
+    assert more_seen[-1] == fake.issued[1]
+    # Retries were spaced by backoff, not a storm.
+    assert len(failures) <= 8
+
+
+async def test_outage_after_expiry_is_bounded_by_backoff_not_by_callers() -> None:
+    fake = FakeIAM(lifetime=100)
+    async with make_manager(fake, refresh=NO_JITTER, rng=random.Random(3)) as tm:
+        await tm.get_token()
+        fake.down = True
+        await anyio.sleep(95)  # refreshes failed in the background; the token is now stale
+        start_requests = fake.requests
+        errors = 0
+
+        async def caller() -> None:
+            nonlocal errors
+            end = anyio.current_time() + 60
+            while anyio.current_time() < end:
+                try:
+                    await tm.get_token()
+                except IAMUnavailableError:
+                    errors += 1
+                await anyio.sleep(0.25)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(1000):
+                tg.start_soon(caller)
+        assert errors > 0
+        assert fake.requests - start_requests <= 15
+
+
+async def test_hook_that_raises_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_: object) -> None:
+        raise RuntimeError("hook bug")
+
+    tm = make_manager(FakeIAM(), hooks=[broken])
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        assert await tm.get_token()
+    assert any("hook" in r.getMessage() for r in caplog.records)
+    await tm.aclose()
+
+
+async def test_custom_source_bug_reaches_callers_as_an_iam_error() -> None:
+    class Broken:
+        secrets = ()
+
+        async def fetch(self, client: httpx.AsyncClient) -> object:
+            raise ZeroDivisionError
+
+    tm = TokenManager(source=Broken(), clock=anyio.current_time)  # type: ignore[arg-type]
+    with pytest.raises(InvalidResponseError, match="token source failed: ZeroDivisionError"):
+        await tm.get_token()
+    await tm.aclose()
