@@ -52,10 +52,13 @@ class IAMAuth(httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """Add the bearer token; on a 401, refresh once and resend if the body allows it."""
+        # Decided before sending: once sent, a streamed body is gone (even if a transport that
+        # buffered it made the request look replayable afterwards).
+        replayable = _replayable(request)
         access_token = await self._manager.get_token()
         request.headers["Authorization"] = f"Bearer {access_token}"
         response = yield request
-        if response.status_code != 401 or not _replayable(request):
+        if response.status_code != 401 or not replayable:
             return
         self._manager.invalidate(access_token)
         access_token = await self._manager.get_token()

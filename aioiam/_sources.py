@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from urllib.parse import quote_plus
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -162,19 +163,20 @@ class ApiKeySource:
         if scope:
             self._form["scope"] = scope
         self._authorization: str | None = None
+        secrets = [self._api_key, quote_plus(self._api_key)]
         if client_id is not None and client_secret is not None:
-            pair = f"{client_id}:{client_secret}".encode()
-            self._authorization = "Basic " + base64.b64encode(pair).decode("ascii")
-            self._secrets: tuple[str, ...] = (self._api_key, client_secret, self._authorization)
-        else:
-            self._secrets = (self._api_key,)
+            encoded = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+            self._authorization = "Basic " + encoded
+            secrets += [client_secret, encoded]
+        # Longest first, so a secret that contains another is scrubbed whole.
+        self._secrets: tuple[str, ...] = tuple(sorted(set(secrets), key=len, reverse=True))
 
     def __repr__(self) -> str:
         return f"ApiKeySource(endpoint={self.endpoint!r}, client_auth={self._authorization is not None})"
 
     @property
     def secrets(self) -> Sequence[str]:
-        """The API key, and the client secret and Basic header when configured."""
+        """The API key (also form-encoded), and the client secret and Basic credentials when configured."""
         return self._secrets
 
     def build_request(self, client: httpx.AsyncClient) -> httpx.Request:

@@ -15,11 +15,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 import anyio
 import httpx
+
+from ._server import ServerAddress, serve, serve_in_thread
 
 __all__ = ["FakeIAM", "Fault"]
 
@@ -97,6 +100,17 @@ class FakeIAM:
 
     def __repr__(self) -> str:
         return f"<FakeIAM requests={self.requests} issued={len(self.issued)} down={self.down}>"
+
+    def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> AbstractAsyncContextManager[ServerAddress]:
+        """Serve this emulator over real HTTP on loopback, in the current event loop.
+
+        Use as ``async with fake.serve() as address:`` and point a manager at ``address.url``.
+        """
+        return serve(self.handle, host=host, port=port)
+
+    def serve_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[ServerAddress]:
+        """Serve over real HTTP on loopback from a thread of its own (for synchronous clients)."""
+        return serve_in_thread(self.handle, host=host, port=port)
 
     def fail_next(self, count: int = 1, fault: Fault | None = None, **kwargs: object) -> None:
         """Answer the next ``count`` requests with ``fault`` (or ``Fault(**kwargs)``)."""
