@@ -43,12 +43,11 @@ class IAMAuth(httpx.Auth):
         return f"IAMAuth({self._manager!r})"
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Always raises: IAMAuth is asynchronous."""
+        """Always raises ``TypeError``: IAMAuth is asynchronous."""
         raise TypeError(
             "aioiam.IAMAuth works only with httpx.AsyncClient; with a synchronous httpx.Client, "
             "use IBM's synchronous SDK authenticators instead"
         )
-        yield request  # pragma: no cover - makes this a generator, as httpx expects
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         """Add the bearer token; on a 401, refresh once and resend if the body allows it."""

@@ -513,4 +513,3 @@ class TokenManager(AsyncContextManagerMixin):
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         self._poke()
-

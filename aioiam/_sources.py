@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from urllib.parse import quote_plus
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
+from urllib.parse import quote_plus
 
 import httpx
 
@@ -19,9 +19,9 @@ from ._token import Redactor, TokenResponse, parse_error_response, parse_retry_a
 from ._version import __version__
 
 __all__ = [
+    "USER_AGENT",
     "ApiKeySource",
     "TokenSource",
-    "USER_AGENT",
     "is_loopback_host",
     "token_endpoint",
 ]
@@ -100,7 +100,11 @@ def token_endpoint(url: str) -> str:
 
 
 def _request_id(headers: httpx.Headers) -> str | None:
-    return headers.get("x-global-transaction-id") or headers.get("transaction-id") or headers.get("x-request-id")
+    for name in ("x-global-transaction-id", "transaction-id", "x-request-id"):
+        value: str | None = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redactor) -> TokenResponse:
@@ -201,4 +205,3 @@ class ApiKeySource:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return text
-

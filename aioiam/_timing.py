@@ -106,9 +106,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         for name in ("initial_delay", "max_delay", "timeout", "request_timeout", "max_retry_after"):
-            object.__setattr__(
-                self, name, seconds(getattr(self, name), name, allow_zero=name != "request_timeout")
-            )
+            object.__setattr__(self, name, seconds(getattr(self, name), name, allow_zero=name != "request_timeout"))
         if self.multiplier < 1:
             raise ValueError("multiplier must be at least 1")
         if self.max_delay < self.initial_delay:

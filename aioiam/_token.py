@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._exceptions import (
     IAMError,
@@ -141,7 +141,7 @@ def decode_jwt_claims(token: str) -> Mapping[str, Any]:
     return MappingProxyType(data)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -195,7 +195,6 @@ def parse_token_response(
     expires_in = data.get("expires_in")
     if not _is_number(expires_in):
         raise invalid("'expires_in' is missing or not a number")
-    assert isinstance(expires_in, (int, float))
     if expires_in <= 0:
         raise invalid("'expires_in' is not positive")
     if expires_in > MAX_EXPIRES_IN:

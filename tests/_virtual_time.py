@@ -13,7 +13,7 @@ import selectors
 from typing import Any
 
 
-class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _JumpingSelector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualTimeLoop | None = None
@@ -22,7 +22,7 @@ class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         ready: list[tuple[selectors.SelectorKey, int]] = super().select(0)
         if ready or timeout is None or timeout <= 0:
             if not ready and timeout is None:
-                return super().select(None)  # type: ignore[no-any-return]
+                return super().select(None)
             return ready
         assert self.loop is not None
         self.loop.advance(timeout)

@@ -116,9 +116,12 @@ async def test_streaming_body_is_not_replayed_after_401() -> None:
 
 def test_sync_client_gets_a_clear_error() -> None:
     tm = make_manager()
-    with httpx.Client(auth=IAMAuth(tm), transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client:
-        with pytest.raises(TypeError, match="httpx.AsyncClient"):
-            client.get("https://api.example/r")
+    transport = httpx.MockTransport(lambda r: httpx.Response(200))
+    with (
+        httpx.Client(auth=IAMAuth(tm), transport=transport) as client,
+        pytest.raises(TypeError, match=r"httpx\.AsyncClient"),
+    ):
+        client.get("https://api.example/r")
 
 
 def test_iam_auth_needs_a_manager() -> None:

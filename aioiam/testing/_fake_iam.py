@@ -90,6 +90,7 @@ class FakeIAM:
         self.wall_clock = wall_clock
         self.requests = 0
         self.issued: list[str] = []
+        self._expiry: dict[str, float] = {}
         self.down = False
         self.down_status = 503
         self.in_flight = 0
@@ -119,11 +120,10 @@ class FakeIAM:
 
     def is_valid(self, access_token: str, now: float | None = None) -> bool:
         """Whether ``access_token`` was issued here and has not expired (a service's check)."""
-        if access_token not in self.issued:
+        expires_at = self._expiry.get(access_token)
+        if expires_at is None:
             return False
-        payload = access_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"]) > (self.wall_clock() if now is None else now)
+        return expires_at > (self.wall_clock() if now is None else now)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         """Answer one request as IAM would."""
@@ -159,7 +159,9 @@ class FakeIAM:
 
     def _fault_response(self, fault: Fault) -> httpx.Response:
         if fault.body is not None:
-            return httpx.Response(fault.status, content=fault.body, headers={**self._transaction_headers(), **fault.headers})
+            return httpx.Response(
+                fault.status, content=fault.body, headers={**self._transaction_headers(), **fault.headers}
+            )
         return self._error(fault.status, fault.error_code, f"simulated {fault.status}", fault.headers)
 
     def _answer(self, request: httpx.Request) -> httpx.Response:
@@ -190,7 +192,8 @@ class FakeIAM:
         return pair == f"{self.client_id}:{self.client_secret}"
 
     def _issue(self, scope: str | None, with_refresh: bool) -> httpx.Response:
-        now = int(self.wall_clock())
+        exact_now = self.wall_clock()
+        now = int(exact_now)  # IAM's claims are whole seconds
         lifetime = self.lifetime
         serial = next(self._serial)
         claims = {
@@ -215,6 +218,7 @@ class FakeIAM:
             ]
         )
         self.issued.append(access_token)
+        self._expiry[access_token] = exact_now + lifetime
         body = {
             "access_token": access_token,
             "refresh_token": f"fake-refresh-{serial}" if with_refresh else "not_supported",

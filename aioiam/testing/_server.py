@@ -25,7 +25,7 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 _MAX_BODY = 1 << 20
 
 
-class DropConnection(Exception):  # noqa: N818 - an instruction, not an error
+class DropConnection(Exception):
     """Raised by a handler to close the connection without answering (or mid-answer).
 
     Attributes:
@@ -101,8 +101,7 @@ async def _serve_connection(stream: SocketStream, handler: Handler, host_header:
             out_headers.append(("content-length", str(len(content))))
             try:
                 await stream.send(
-                    conn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=b""))
-                    or b""
+                    conn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=b"")) or b""
                 )
                 await stream.send(conn.send(h11.Data(data=content)) or b"")
                 await stream.send(conn.send(h11.EndOfMessage()) or b"")
