@@ -61,12 +61,18 @@ class _Lifecycle(enum.Enum):
 
 
 class _Flight:
-    """One IAM request in progress and its outcome, shared by everyone who waits for it."""
+    """One IAM request in progress and its outcome, shared by everyone who waits for it.
 
-    __slots__ = ("done", "error", "token")
+    ``ends_by`` bounds when it finishes (the request is cut off then), so a waiter
+    whose own deadline is later can wait without a timeout of its own: with a hundred thousand
+    waiters, a cancel scope each is most of the cost of waking them.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "ends_by", "error", "token")
+
+    def __init__(self, ends_by: float) -> None:
         self.done = anyio.Event()
+        self.ends_by = ends_by
         self.token: Token | None = None
         self.error: IAMError | None = None
 
@@ -349,8 +355,11 @@ class TokenManager(AsyncContextManagerMixin):
                 flight = self._start_flight()
                 if self._tg is None:
                     await self._run_inline(flight)
-            with anyio.move_on_after(max(0.0, deadline - self._clock())):
+            if flight.ends_by <= deadline:
                 await flight.done.wait()
+            else:
+                with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                    await flight.done.wait()
             if not flight.done.is_set():
                 raise self._unavailable(self._last_error, waited=True)
             if flight.error is not None and not isinstance(flight.error, TransientIAMError):
@@ -382,7 +391,7 @@ class TokenManager(AsyncContextManagerMixin):
         assert self._flight is None
         if self._state is _Lifecycle.CLOSED:
             raise ManagerClosedError("this TokenManager is closed")
-        flight = _Flight()
+        flight = _Flight(self._clock() + self._retry.request_timeout)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
@@ -403,7 +412,9 @@ class TokenManager(AsyncContextManagerMixin):
         response: TokenResponse | None = None
         error: IAMError | None = None
         try:
-            with anyio.fail_after(self._retry.request_timeout):
+            # Measured from when the flight was made, so ``ends_by`` holds even if this task
+            # started late on a busy loop.
+            with anyio.fail_after(max(0.0, flight.ends_by - self._clock())):
                 response = await self._source.fetch(self._client)
         except TimeoutError:
             error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
