@@ -18,14 +18,17 @@ from __future__ import annotations
 import enum
 import math
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import httpx
 from anyio import AsyncContextManagerMixin
 from anyio.abc import TaskGroup
+from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import (
     IAMError,
@@ -52,6 +55,19 @@ __all__ = ["TokenManager"]
 _NEVER = -math.inf
 #: Local wall clock and IAM's ``expiration`` further apart than this are reported (once).
 _SKEW_WARNING = 60.0
+
+
+def _warn_if_unverified(client: httpx.AsyncClient) -> None:
+    """Log a warning if a caller's client does not verify TLS certificates (best effort)."""
+    try:
+        context = client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    except AttributeError:
+        return  # not httpx's default transport: nothing to inspect
+    if isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE:
+        logger.warning(
+            "aioiam: the http_client passed in does not verify TLS certificates; anyone on the path "
+            "can read the API key. Use this only against a local emulator."
+        )
 
 
 class _Lifecycle(enum.Enum):
@@ -105,6 +121,9 @@ class TokenManager(AsyncContextManagerMixin):
             event loop clock).
         wall_clock: The Unix time, used only to warn about skew against IAM's ``expiration``.
         rng: The random source for jitter.
+        verify: TLS verification for the client the manager makes: ``True`` (the default) or an
+            ``ssl.SSLContext`` (for a private CA). ``False`` turns verification off and logs a
+            warning; never do that against real IAM. Not allowed with ``http_client``.
 
     Raises:
         ValueError: A missing or blank key, a non-https URL for a non-loopback host, only one of
@@ -128,6 +147,7 @@ class TokenManager(AsyncContextManagerMixin):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        verify: bool | ssl.SSLContext = True,
     ) -> None:
         if source is None:
             if api_key is None:
@@ -150,7 +170,19 @@ class TokenManager(AsyncContextManagerMixin):
         self._wall_clock = wall_clock
         self._rng = rng if rng is not None else random.Random()
         self._owns_client = http_client is None
+        self._transport = transport
+        self._verify = verify
+        if verify is False:
+            logger.warning(
+                "aioiam: TLS certificate verification of IAM is OFF (verify=False); anyone on the path "
+                "can read the API key. Use this only against a local emulator."
+            )
+        if http_client is not None:
+            if verify is not True:
+                raise ValueError("verify applies to the client the manager makes; configure your http_client instead")
+            _warn_if_unverified(http_client)
         self._client = http_client if http_client is not None else self._make_client(transport)
+        self._loop: EventLoopToken | None = None
 
         self._state = _Lifecycle.OPEN
         self._token: Token | None = None
@@ -167,9 +199,13 @@ class TokenManager(AsyncContextManagerMixin):
         self._requests = 0
 
     def _make_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+        # No keep-alive: one token request every ~48 minutes gains nothing from an idle
+        # connection, and a pool without one is bound to no event loop.
         return httpx.AsyncClient(
             transport=transport,
+            verify=self._verify,
             timeout=httpx.Timeout(self._retry.request_timeout),
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
         )
@@ -219,6 +255,9 @@ class TokenManager(AsyncContextManagerMixin):
         hot = self._hot
         if hot is not None:
             return hot.access_token
+        token = self._token
+        if token is not None and self._clock() < token.refresh_at:
+            return token.access_token
         return (await self._get_slow()).access_token
 
     async def get_token_info(self) -> Token:
@@ -226,6 +265,9 @@ class TokenManager(AsyncContextManagerMixin):
         hot = self._hot
         if hot is not None:
             return hot
+        token = self._token
+        if token is not None and self._clock() < token.refresh_at:
+            return token
         return await self._get_slow()
 
     def invalidate(self, access_token: str) -> bool:
@@ -320,7 +362,28 @@ class TokenManager(AsyncContextManagerMixin):
 
     # ------------------------------------------------------------------ callers
 
+    def _bind_event_loop(self) -> None:
+        """Forget what belongs to an event loop that is no longer the current one.
+
+        A manager may outlive its event loop: a CLI calling ``asyncio.run`` twice, or
+        pytest-asyncio's loop per test. Tokens are plain values and carry over; events, a flight
+        that loop never finished, and the HTTP client the manager made (whose pool may hold that
+        loop's locks) are replaced. A client passed in by the caller is kept as is: making it
+        usable on the new loop is the caller's business.
+        """
+        loop = anyio.lowlevel.current_token()
+        if loop == self._loop:
+            return
+        if self._loop is not None:
+            logger.debug("aioiam: token manager now used from another event loop; loop-bound state reset")
+            self._wakeup = None
+            self._flight = None
+            if self._owns_client:
+                self._client = self._make_client(self._transport)
+        self._loop = loop
+
     async def _get_slow(self) -> Token:
+        self._bind_event_loop()
         deadline = self._clock() + self._retry.timeout
         while True:
             if self._state is _Lifecycle.CLOSED:

@@ -1,0 +1,71 @@
+"""A manager outliving its event loop, and TLS verification settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import anyio
+import httpx
+import pytest
+
+from aioiam import RetryPolicy, TokenManager
+from aioiam.testing import FakeIAM
+
+
+def test_on_demand_manager_survives_asyncio_run_twice_over_real_tcp() -> None:
+    fake = FakeIAM()
+    with fake.serve_in_thread() as address:
+        tm = TokenManager("test-api-key", url=address.url)
+        first = asyncio.run(tm.get_token())
+        assert tm.invalidate(first)
+        second = asyncio.run(tm.get_token())  # a new loop: the old loop's state must not be reused
+        assert second != first
+        tm.invalidate(second)
+        third = anyio.run(tm.get_token, backend="trio")  # and another backend altogether
+        asyncio.run(tm.aclose())
+    assert fake.issued == [first, second, third]
+
+
+def test_backoff_state_carries_over_to_a_new_loop() -> None:
+    fake = FakeIAM()
+    tm = TokenManager(
+        "test-api-key",
+        url="http://127.0.0.1",
+        transport=fake.transport,
+        retry=RetryPolicy(initial_delay=0.01, max_delay=0.02),
+    )
+    fake.fail_next(1, status=503)
+    asyncio.run(tm.get_token())  # slept through one backoff on this loop
+    tm.invalidate(tm.token.access_token)  # type: ignore[union-attr]
+    fake.fail_next(1, status=503)
+    assert asyncio.run(tm.get_token()) == fake.issued[1]
+    assert fake.requests == 4
+    asyncio.run(tm.aclose())
+
+
+def test_turning_tls_verification_off_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        TokenManager("k", verify=False)
+    assert any("verification" in r.getMessage() and "OFF" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_verification_is_on_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        tm = TokenManager("k")
+    assert not caplog.records
+    context = tm._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_unverified_client_passed_in_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    client = httpx.AsyncClient(verify=False)
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        TokenManager("k", http_client=client)
+    assert any("does not verify" in r.getMessage() for r in caplog.records)
+
+
+def test_verify_with_a_client_passed_in_is_an_error() -> None:
+    with pytest.raises(ValueError, match="verify"):
+        TokenManager("k", http_client=httpx.AsyncClient(), verify=False)
