@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 
 import anyio
 import httpx
@@ -28,8 +29,8 @@ def test_on_demand_manager_survives_asyncio_run_twice_over_real_tcp() -> None:
     assert fake.issued == [first, second, third]
 
 
-def test_backoff_state_carries_over_to_a_new_loop() -> None:
-    fake = FakeIAM()
+def test_backoff_sleep_on_a_new_loop_does_not_reuse_the_old_loops_event() -> None:
+    fake = FakeIAM(lifetime=0.05)
     tm = TokenManager(
         "test-api-key",
         url="http://127.0.0.1",
@@ -37,10 +38,10 @@ def test_backoff_state_carries_over_to_a_new_loop() -> None:
         retry=RetryPolicy(initial_delay=0.01, max_delay=0.02),
     )
     fake.fail_next(1, status=503)
-    asyncio.run(tm.get_token())  # slept through one backoff on this loop
-    tm.invalidate(tm.token.access_token)  # type: ignore[union-attr]
+    assert asyncio.run(tm.get_token()) == fake.issued[0]  # slept through one backoff on this loop
+    time.sleep(0.06)  # the 50 ms token is now stale
     fake.fail_next(1, status=503)
-    assert asyncio.run(tm.get_token()) == fake.issued[1]
+    assert asyncio.run(tm.get_token()) == fake.issued[1]  # and again, on a new loop
     assert fake.requests == 4
     asyncio.run(tm.aclose())
 
