@@ -3,7 +3,7 @@
 The public surface is re-exported here; everything in ``aioiam._*`` modules is private.
 """
 
-from ._auth import IAMAuth
+from ._auth import DEFAULT_ALLOWED_HOSTS, IAMAuth
 from ._exceptions import (
     IAMError,
     IAMUnavailableError,
@@ -20,6 +20,7 @@ from ._token import Token, TokenResponse
 from ._version import __version__
 
 __all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
     "ApiKeySource",
     "FetchAttempt",
     "Hook",

@@ -120,7 +120,7 @@ async def run_demo(
                     try:
                         await manager.get_token()
                         wait = clock() - t0
-                        response = await client.get("https://service.example/resource")
+                        response = await client.get("https://resource-controller.cloud.ibm.com/v2/resource_instances")
                     except IAMError:
                         report.caller_errors += 1
                     else:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
 import httpx
 import pytest
 
-from aioiam import IAMAuth
+from aioiam import DEFAULT_ALLOWED_HOSTS, IAMAuth
 from aioiam.testing import FakeIAM
 from tests.helpers import make_manager
 
@@ -36,7 +37,7 @@ def service(fake: FakeIAM, *, reject: set[str] | None = None) -> httpx.MockTrans
 async def test_flow_sets_the_bearer_header_without_network() -> None:
     fake = FakeIAM()
     tm = make_manager(fake)
-    flow = IAMAuth(tm).async_auth_flow(httpx.Request("GET", "https://api.example/x"))
+    flow = IAMAuth(tm).async_auth_flow(httpx.Request("GET", "https://api.cloud.ibm.com/x"))
     request = await flow.__anext__()
     assert request.headers["authorization"] == f"Bearer {fake.issued[0]}"
     with pytest.raises(StopAsyncIteration):
@@ -47,7 +48,7 @@ async def test_flow_sets_the_bearer_header_without_network() -> None:
 async def test_flow_on_401_refreshes_and_resends_once() -> None:
     fake = FakeIAM()
     tm = make_manager(fake)
-    flow = IAMAuth(tm).async_auth_flow(httpx.Request("GET", "https://api.example/x"))
+    flow = IAMAuth(tm).async_auth_flow(httpx.Request("GET", "https://api.cloud.ibm.com/x"))
     request = await flow.__anext__()
     retry = await flow.asend(httpx.Response(401))
     assert retry.headers["authorization"] == f"Bearer {fake.issued[1]}"
@@ -62,7 +63,7 @@ async def test_client_requests_carry_the_token() -> None:
     fake = FakeIAM()
     async with make_manager(fake) as tm, httpx.AsyncClient(auth=IAMAuth(tm), transport=service(fake)) as client:
         for _ in range(3):
-            response = await client.get("https://api.example/resource")
+            response = await client.get("https://api.cloud.ibm.com/resource")
             assert response.status_code == 200
     assert fake.requests == 1
 
@@ -76,7 +77,7 @@ async def test_hundred_concurrent_401s_cause_one_refresh() -> None:
             statuses: list[int] = []
 
             async def call() -> None:
-                statuses.append((await client.get("https://api.example/r")).status_code)
+                statuses.append((await client.get("https://api.cloud.ibm.com/r")).status_code)
 
             async with anyio.create_task_group() as tg:
                 for _ in range(100):
@@ -91,7 +92,7 @@ async def test_request_with_bytes_body_is_replayed_after_401() -> None:
     stale = await tm.get_token()
     transport = service(fake, reject={stale})
     async with httpx.AsyncClient(auth=IAMAuth(tm), transport=transport) as client:
-        response = await client.post("https://api.example/r", content=b"payload")
+        response = await client.post("https://api.cloud.ibm.com/r", content=b"payload")
     assert response.status_code == 200
     assert transport.seen == [stale, fake.issued[1]]  # type: ignore[attr-defined]
     await tm.aclose()
@@ -107,7 +108,7 @@ async def test_streaming_body_is_not_replayed_after_401() -> None:
         yield b"chunk"
 
     async with httpx.AsyncClient(auth=IAMAuth(tm), transport=transport) as client:
-        response = await client.post("https://api.example/r", content=body())
+        response = await client.post("https://api.cloud.ibm.com/r", content=body())
     assert response.status_code == 401
     assert transport.seen == [stale]  # type: ignore[attr-defined]
     assert fake.requests == 1
@@ -121,9 +122,102 @@ def test_sync_client_gets_a_clear_error() -> None:
         httpx.Client(auth=IAMAuth(tm), transport=transport) as client,
         pytest.raises(TypeError, match=r"httpx\.AsyncClient"),
     ):
-        client.get("https://api.example/r")
+        client.get("https://api.cloud.ibm.com/r")
 
 
 def test_iam_auth_needs_a_manager() -> None:
     with pytest.raises(TypeError, match="TokenManager"):
         IAMAuth("not a manager")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://resource-controller.cloud.ibm.com/v2", True),
+        ("https://cloud.ibm.com/", True),
+        ("https://s3.us-south.cloud-object-storage.appdomain.cloud/b", True),
+        ("https://API.CLOUD.IBM.COM./x", True),
+        ("https://127.0.0.1:8443/x", True),
+        ("http://localhost:8080/x", True),
+        ("http://[::1]:8080/x", True),
+        ("http://api.cloud.ibm.com/x", False),  # plain http to a real host
+        ("https://cloud.ibm.com.evil.example/x", False),
+        ("https://evilcloud.ibm.com/x", False),
+        ("https://cloud.ibm.com@evil.example/x", False),
+        ("https://example.com/x", False),
+        ("https://10.0.0.1/x", False),
+    ],
+)
+async def test_token_goes_only_to_allowed_hosts_over_https(url: str, sent: bool) -> None:
+    fake = FakeIAM()
+    seen: list[str | None] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200)
+
+    tm = make_manager(fake)
+    async with httpx.AsyncClient(auth=IAMAuth(tm), transport=httpx.MockTransport(handle)) as client:
+        await client.get(url)
+    assert (seen[0] is not None) is sent
+    assert fake.requests == (1 if sent else 0)  # no token is even fetched for a refused host
+    await tm.aclose()
+
+
+async def test_refused_host_is_warned_about_once_and_its_own_header_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[str | None] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200)
+
+    tm = make_manager()
+    async with httpx.AsyncClient(auth=IAMAuth(tm), transport=httpx.MockTransport(handle)) as client:
+        with caplog.at_level(logging.WARNING, logger="aioiam"):
+            for _ in range(3):
+                await client.get("https://crawled.example/page")
+            await client.get("https://crawled.example/x", headers={"Authorization": "Basic theirs"})
+    assert seen == [None, None, None, "Basic theirs"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "crawled.example" in warnings[0]
+    await tm.aclose()
+
+
+async def test_allowed_hosts_are_configurable() -> None:
+    seen: list[str | None] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200)
+
+    tm = make_manager()
+    auth = IAMAuth(
+        tm, allowed_hosts=[*DEFAULT_ALLOWED_HOSTS, "api.partner.example", "*.internal.example"], allow_loopback=False
+    )
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(handle)) as client:
+        for url in (
+            "https://api.partner.example/",
+            "https://a.b.internal.example/",
+            "https://internal.example/",
+            "https://127.0.0.1/",
+            "https://iam.cloud.ibm.com/",
+        ):
+            await client.get(url)
+    assert [s is not None for s in seen] == [True, True, False, False, True]
+    await tm.aclose()
+
+
+@pytest.mark.parametrize(
+    "pattern", ["https://api.example.com", "api.example.com:443", "api.example.com/x", "a.*.com", "*", ""]
+)
+def test_bad_host_patterns_are_rejected(pattern: str) -> None:
+    with pytest.raises(ValueError, match="host pattern"):
+        IAMAuth(make_manager(), allowed_hosts=[pattern])
+
+
+def test_allowed_hosts_must_be_a_list_not_a_string() -> None:
+    with pytest.raises(TypeError, match="list"):
+        IAMAuth(make_manager(), allowed_hosts="api.example.com")

@@ -61,7 +61,7 @@ def test_tls_verification_is_on_by_default(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_unverified_client_passed_in_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    client = httpx.AsyncClient(verify=False)
+    client = httpx.AsyncClient(verify=False)  # noqa: S501 - the point of the test
     with caplog.at_level(logging.WARNING, logger="aioiam"):
         TokenManager("k", http_client=client)
     assert any("does not verify" in r.getMessage() for r in caplog.records)
