@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import httpx
+import trio.testing
 
 from aioiam import FetchAttempt, RefreshPolicy, TokenManager
 from aioiam.testing import FakeIAM
+from tests._virtual_time import new_virtual_loop
 
 KEY = "test-api-key"
 NO_JITTER = RefreshPolicy(jitter_fraction=0)
@@ -51,8 +53,12 @@ class FlakyTransport(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-async def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Await ``fn()`` and return its result with the (virtual) time it took."""
-    start = anyio.current_time()
-    result = await fn()
-    return result, anyio.current_time() - start
+def run_virtual(main: Callable[[], Awaitable[None]], backend: str) -> None:
+    """Run ``main`` on ``backend`` on virtual time (outside the anyio pytest plugin)."""
+    options: dict[str, Any] = (
+        {"loop_factory": new_virtual_loop}
+        if backend == "asyncio"
+        else {"clock": trio.testing.MockClock(autojump_threshold=0)}
+    )
+    anyio.run(main, backend=backend, backend_options=options)
+

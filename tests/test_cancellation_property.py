@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
-import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aioiam import RetryPolicy
 from aioiam.testing import FakeIAM
-from tests._virtual_time import new_virtual_loop
-from tests.helpers import make_manager
-
-
-def run_virtual(main: Any, backend: str) -> None:
-    options: dict[str, Any] = (
-        {"loop_factory": new_virtual_loop}
-        if backend == "asyncio"
-        else {"clock": trio.testing.MockClock(autojump_threshold=0)}
-    )
-    anyio.run(main, backend=backend, backend_options=options)
+from tests.helpers import make_manager, run_virtual
 
 
 @settings(max_examples=60, deadline=None)
