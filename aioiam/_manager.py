@@ -300,8 +300,6 @@ class TokenManager(AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncIterator[TokenManager]:
         if self._state is _Lifecycle.CLOSED:
             raise ManagerClosedError("this TokenManager is closed; make a new one")
-        if self._state is _Lifecycle.RUNNING:
-            raise RuntimeError("this TokenManager is already running in an 'async with' block")
         body_error: BaseException | None = None
         try:
             async with anyio.create_task_group() as outer:

@@ -283,3 +283,19 @@ def test_constructor_rejects_conflicting_arguments() -> None:
         TokenManager()
     with pytest.raises(TypeError, match="TokenSource"):
         TokenManager(source=object())  # type: ignore[arg-type]
+
+
+def test_source_and_api_key_together_are_an_error() -> None:
+    from aioiam import ApiKeySource
+
+    with pytest.raises(ValueError, match="either source or api_key"):
+        TokenManager(KEY, source=ApiKeySource(KEY))
+
+
+async def test_on_demand_token_info_is_served_from_cache() -> None:
+    fake = FakeIAM()
+    tm = make_manager(fake)
+    first = await tm.get_token_info()
+    assert await tm.get_token_info() is first
+    assert fake.requests == 1
+    await tm.aclose()

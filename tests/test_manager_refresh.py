@@ -340,3 +340,17 @@ async def test_custom_source_bug_reaches_callers_as_an_iam_error() -> None:
     with pytest.raises(InvalidResponseError, match="token source failed: ZeroDivisionError"):
         await tm.get_token()
     await tm.aclose()
+
+
+async def test_caller_deadline_before_the_requests_end_gives_unavailable_at_the_deadline() -> None:
+    fake = FakeIAM(latency=8)
+    tm = make_manager(fake, retry=RetryPolicy(timeout=3, request_timeout=10))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tm.get_token)  # starts the request, which takes 8 s
+        await anyio.sleep(1)
+        start = anyio.current_time()
+        with pytest.raises(IAMUnavailableError, match="no token from IAM within 3s"):
+            await tm.get_token()
+        assert anyio.current_time() - start == pytest.approx(3)
+    assert fake.requests == 1
+    await tm.aclose()

@@ -107,6 +107,8 @@ def test_url_is_normalised_to_the_token_endpoint(url: str, endpoint: str) -> Non
         ("", "non-empty"),
         ("https://user:pw@iam.cloud.ibm.com", "user name or password"),
         ("https://iam.cloud.ibm.com/?x=1", "query"),
+        ("https://[::1", "not a valid URL"),
+        ("https://:443", "absolute https URL"),
     ],
 )
 def test_bad_urls_raise_value_error_at_construction(url: str, match: str) -> None:
