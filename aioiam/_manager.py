@@ -15,6 +15,7 @@ still get the answer.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
@@ -28,7 +29,6 @@ import anyio.lowlevel
 import httpx
 from anyio import AsyncContextManagerMixin
 from anyio.abc import TaskGroup
-from anyio.lowlevel import EventLoopToken
 
 from ._exceptions import (
     IAMError,
@@ -55,6 +55,18 @@ __all__ = ["TokenManager"]
 _NEVER = -math.inf
 #: Local wall clock and IAM's ``expiration`` further apart than this are reported (once).
 _SKEW_WARNING = 60.0
+
+
+def _current_loop() -> object:
+    """The running event loop, as an object whose identity names it.
+
+    asyncio's is looked up first because it is one C call: with a hundred thousand callers
+    waiting for the first token, this check runs once per caller.
+    """
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return loop
+    return anyio.lowlevel.current_token().native_token
 
 
 def _warn_if_unverified(client: httpx.AsyncClient) -> None:
@@ -182,7 +194,7 @@ class TokenManager(AsyncContextManagerMixin):
                 raise ValueError("verify applies to the client the manager makes; configure your http_client instead")
             _warn_if_unverified(http_client)
         self._client = http_client if http_client is not None else self._make_client(transport)
-        self._loop: EventLoopToken | None = None
+        self._loop: object = None
 
         self._state = _Lifecycle.OPEN
         self._token: Token | None = None
@@ -369,8 +381,8 @@ class TokenManager(AsyncContextManagerMixin):
         loop's locks) are replaced. A client passed in by the caller is kept as is: making it
         usable on the new loop is the caller's business.
         """
-        loop = anyio.lowlevel.current_token()
-        if loop == self._loop:
+        loop = _current_loop()
+        if loop is self._loop:
             return
         if self._loop is not None:
             logger.debug("aioiam: token manager now used from another event loop; loop-bound state reset")
@@ -423,6 +435,9 @@ class TokenManager(AsyncContextManagerMixin):
                     await flight.done.wait()
             if not flight.done.is_set():
                 raise self._unavailable(self._last_error, waited=True)
+            fetched = flight.token
+            if fetched is not None and self._clock() < fetched.stale_at:
+                return fetched  # the common case, without another pass through the loop
             if flight.error is not None and not isinstance(flight.error, TransientIAMError):
                 raise flight.error._fresh_copy()
 
