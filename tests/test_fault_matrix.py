@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -214,7 +215,7 @@ def check_tokens(run: Run) -> None:
 
 def check_backoff(run: Run) -> None:
     """Every retry waited at least the delay announced after the failure before it."""
-    for (end, before), (after_end, after) in zip(run.attempts, run.attempts[1:], strict=False):
+    for (end, before), (after_end, after) in itertools.pairwise(run.attempts):
         if before.ok:
             continue
         assert before.next_attempt_in is not None

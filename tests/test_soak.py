@@ -1,0 +1,80 @@
+"""The chaos soak's short version (``python -m benchmarks.soak --quick``), and a bug it found.
+
+The soak itself (workers, faults, outages, invariants) is described in ``benchmarks/soak.py``. In
+memory it runs here on the test's virtual clock; over loopback sockets on the real clock.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from aioiam import TokenManager
+from aioiam.testing import FakeIAM
+from benchmarks import soak
+
+pytestmark = pytest.mark.anyio
+
+
+def assert_exercised(report: soak.SoakReport, config: soak.SoakConfig) -> None:
+    """The run did what it claims: many calls, refreshes, faults, outages and 401s."""
+    assert report.calls >= config.workers * config.duration / config.think / 2
+    assert report.calls_ok >= report.calls / 2
+    assert report.tokens_issued >= 5
+    assert report.iam_failures >= 3
+    assert sum(report.faults_injected.values()) >= 3
+    assert sum(report.outages.values()) >= 1
+    assert report.revoked_401s >= 1
+
+
+async def test_quick_soak_in_memory() -> None:
+    report = await soak.run(soak.QUICK)
+    print(report.summary())
+    assert report.virtual
+    assert report.violations == []
+    assert_exercised(report, soak.QUICK)
+    assert report.max_in_flight == 1
+    assert report.wait_max <= soak.QUICK.retry.timeout + soak.QUICK.retry.request_timeout
+
+
+@pytest.mark.real_time
+async def test_quick_soak_over_loopback() -> None:
+    report = await soak.run(soak.QUICK_SOCKET)
+    print(report.summary())
+    assert not report.virtual
+    assert report.violations == []
+    assert_exercised(report, soak.QUICK_SOCKET)
+    assert report.wait_max <= soak.QUICK_SOCKET.retry.timeout + soak.QUICK_SOCKET.retry.request_timeout + 0.5
+
+
+async def test_callers_woken_by_a_fetch_never_get_a_token_dropped_meanwhile() -> None:
+    """Found by the soak: after ``invalidate(token)`` no caller may be handed that token.
+
+    Five callers wait for the first token. The first of them to be woken gets it, is told by its
+    service that the token was rejected (a 401, say after a revocation) and drops it, all before
+    the other four run. Those four must not be handed the token that was just dropped: they must
+    wait for a new one. (Since "the fetched token returned straight from the flight", waiters
+    return ``flight.token`` without checking that it is still the manager's token.)
+    """
+    fake = FakeIAM(latency=1.0)
+    dropped: list[str] = []
+    later: list[str] = []
+    async with TokenManager(
+        "test-api-key", url="http://127.0.0.1:1", transport=fake.transport, clock=anyio.current_time
+    ) as tm:
+
+        async def caller() -> None:
+            token = await tm.get_token()
+            if not dropped:
+                dropped.append(token)
+                assert tm.invalidate(token)
+            else:
+                later.append(token)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(caller)
+    assert len(later) == 4
+    assert dropped[0] not in later, "a caller was handed a token the manager had already dropped"
+    assert fake.requests == 2
+    assert len(set(later)) == 1
