@@ -436,8 +436,10 @@ class TokenManager(AsyncContextManagerMixin):
             if not flight.done.is_set():
                 raise self._unavailable(self._last_error, waited=True)
             fetched = flight.token
-            if fetched is not None and self._clock() < fetched.stale_at:
-                return fetched  # the common case, without another pass through the loop
+            if fetched is not None and fetched is self._token and self._clock() < fetched.stale_at:
+                # The common case, without another pass through the loop. ``is self._token``:
+                # a token invalidated since the flight ended is never handed out.
+                return fetched
             if flight.error is not None and not isinstance(flight.error, TransientIAMError):
                 raise flight.error._fresh_copy()
 
