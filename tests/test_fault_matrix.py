@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from aioiam import (
@@ -269,7 +270,9 @@ def assert_same_error(run: Run, kind: type[IAMError], wave: int = 0) -> IAMError
 async def test_latency(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.fail_next(1, Fault.latency(0.1))
-    run = await run_matrix(fake, mode, caplog, waves=(CALLERS, CALLERS))
+    # A slow answer within the request timeout (here 1 s).
+    retry = RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=2, request_timeout=1)
+    run = await run_matrix(fake, mode, caplog, retry=retry, waves=(CALLERS, CALLERS))
     assert_recovered(run, requests=1)
     assert run.sent_after_wave == [1, 1]  # the second wave is served from the cache
     assert all(0.1 - 0.01 <= call.waited <= 0.1 + SLACK for call in run.waves[0])
@@ -715,3 +718,66 @@ async def test_faults_during_refresh_are_ridden_out(mode: str, caplog: pytest.Lo
         run.texts += logs
         audit(run)
         report(f"during refresh: {name}", mode, run, "ridden out" if not stalls else "callers wait, no error")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The emulator's own contract, for users who script it in their tests.
+
+
+def test_faults_in_process_raise_the_matching_httpx_errors() -> None:
+    """In process (``fake.transport``) the socket-level faults raise what httpx would raise."""
+
+    async def main() -> None:
+        fake = FakeIAM()
+        form = {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "test-api-key"}
+        async with httpx.AsyncClient(transport=fake.transport, base_url="http://iam.test") as client:
+            fake.refusing = True
+            with pytest.raises(httpx.ConnectError, match="Connection refused"):
+                await client.post("/identity/token", data=form)
+            fake.refusing = False
+            fake.fail_next(1, Fault.reset())
+            with pytest.raises(httpx.ReadError, match="reset"):
+                await client.post("/identity/token", data=form)
+            fake.fail_next(1, Fault.hang())
+            with anyio.move_on_after(0.1) as scope:
+                await client.post("/identity/token", data=form)
+            assert scope.cancelled_caught
+            fake.fail_next(1, Fault.error(429, retry_after=7))
+            response = await client.post("/identity/token", data=form)
+            assert (response.status_code, response.headers["retry-after"]) == (429, "7")
+            assert response.json()["errorCode"] == "BXNIM0436E"
+            fake.fail_next(1, Fault.token(expires_in=OMIT, token_type="mac"))
+            body = (await client.post("/identity/token", data=form)).json()
+            assert "expires_in" not in body
+            assert body["token_type"] == "mac"
+            assert fake.is_valid(body["access_token"])  # issued all the same
+            fake.fail_next(1, Fault.clock_skew(3600))
+            body = (await client.post("/identity/token", data=form)).json()
+            assert body["expiration"] >= fake.wall_clock() + 3600 + 3600 - 2
+            assert (await client.post("/identity/token", data=form)).status_code == 200
+        assert fake.requests == 6  # the refused one never reached it
+        assert fake.pending_faults == 0
+
+    anyio.run(main)
+
+
+def test_refusing_closes_and_reopens_the_port_of_a_server_in_a_thread() -> None:
+    """``refusing`` works from another thread too, and keeps the port."""
+    fake = FakeIAM()
+    form = {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "test-api-key"}
+    with fake.serve_in_thread() as address:
+        url = address.url + "/identity/token"
+        with httpx.Client(timeout=2) as client:
+            assert client.post(url, data=form).status_code == 200
+            fake.refusing = True
+            # A request on the connection opened before is cut off; a new connection is refused.
+            with pytest.raises(httpx.ReadError):
+                client.post(url, data=form)
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(url, data=form, timeout=2)
+        fake.refusing = False
+        assert httpx.post(url, data=form, timeout=2).status_code == 200
+        fake.fail_next(1, Fault.reset())
+        with pytest.raises(httpx.TransportError):
+            httpx.post(url, data=form, timeout=2)
+    assert fake.requests == 4

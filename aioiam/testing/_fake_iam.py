@@ -305,7 +305,8 @@ class FakeIAM:
         :meth:`serve_in_thread` (the operating system then answers new connections with
         ``ECONNREFUSED``) and setting it back reopens the same port. In process
         (:attr:`transport`) requests raise ``httpx.ConnectError`` instead. Connections already
-        open are not closed, and refused connections are not counted in :attr:`requests`.
+        open stay open, but a request that arrives on one is cut off with a reset (and counted in
+        :attr:`requests`); refused connections never reach the emulator and are not counted.
         """
         return not self._switch.listening
 
