@@ -9,8 +9,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aioiam import TokenManager
-from aioiam.testing import FakeIAM
+from aioiam import InvalidCredentialsError, RetryPolicy, TokenManager
+from aioiam.testing import FakeIAM, Fault
 from benchmarks import soak
 
 pytestmark = pytest.mark.anyio
@@ -84,3 +84,33 @@ async def test_callers_woken_by_a_fetch_never_get_a_token_dropped_meanwhile() ->
     assert dropped[0] not in later, "a caller was handed a token the manager had already dropped"
     assert fake.requests == 2
     assert len(set(later)) == 1
+
+
+async def test_one_refusal_after_an_outage_is_not_held_for_the_outages_backoff() -> None:
+    """Seen in the soak's figures: README guarantee 5 says the cooldown after refused credentials
+    "grows with each refusal, up to retry.max_delay". After an outage it is the outage's backoff.
+
+    Five 503s, then one 400 (say IAM refused the key once while recovering): the caller gets
+    ``InvalidCredentialsError`` at once, as documented. That is the first refusal, so its cooldown
+    is ``initial_delay`` (0.5 s), and a caller a second later must get a new answer from IAM. Today
+    the cooldown is the sixth consecutive failure's cap (16 s): for 16 s every caller gets the
+    refusal without a request, although IAM would answer. In the soak, single unusable answers
+    after outages account for most ``InvalidResponseError``s callers saw (the same rule applies).
+    """
+    fake = FakeIAM()
+    fake.fail_next(5, Fault.error(503))
+    fake.fail_next(1, Fault.error(400))
+    tm = TokenManager(
+        "test-api-key",
+        url="http://127.0.0.1:1",
+        transport=fake.transport,
+        clock=anyio.current_time,
+        retry=RetryPolicy(timeout=120),
+    )
+    with pytest.raises(InvalidCredentialsError):
+        await tm.get_token()
+    assert fake.requests == 6
+    await anyio.sleep(1.0)  # twice the first refusal's cooldown
+    assert await tm.get_token() == fake.issued[0]
+    assert fake.requests == 7
+    await tm.aclose()
