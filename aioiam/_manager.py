@@ -69,6 +69,20 @@ def _current_loop() -> object:
     return anyio.lowlevel.current_token().native_token
 
 
+def _describe(exc: BaseException) -> str:
+    """``ReadError: ...`` with the OS error under it, for network failures whose text is empty."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(4):  # httpx wraps httpcore, which wraps anyio or the OS
+        if cause is None:
+            break
+        if str(cause) and str(cause) not in text:
+            text += f" ({type(cause).__name__}: {cause})"
+            break
+        cause = cause.__cause__ or cause.__context__
+    return text
+
+
 def _warn_if_unverified(client: httpx.AsyncClient) -> None:
     """Log a warning if a caller's client does not verify TLS certificates (best effort)."""
     try:
@@ -202,7 +216,8 @@ class TokenManager(AsyncContextManagerMixin):
         # withdrawn by the refresher when its refresh is due, so get_token() reads no clock.
         self._hot: Token | None = None
         self._flight: _Flight | None = None
-        self._failures = 0
+        self._failures = 0  # failed attempts in a row
+        self._streak = 0  # of those, the last ones of the same kind (transient or not)
         self._last_error: IAMError | None = None
         self._not_before = _NEVER
         self._tg: TaskGroup | None = None
@@ -497,7 +512,7 @@ class TokenManager(AsyncContextManagerMixin):
         except TimeoutError:
             error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
         except httpx.TransportError as exc:
-            error = TransientIAMError(f"could not reach IAM: {type(exc).__name__}: {self._redact(str(exc))}")
+            error = TransientIAMError(f"could not reach IAM: {self._redact(_describe(exc))}")
         except IAMError as exc:
             error = exc
         except httpx.HTTPError as exc:
@@ -534,6 +549,12 @@ class TokenManager(AsyncContextManagerMixin):
         assert error is not None
         self._failures += 1
         transient = isinstance(error, TransientIAMError)
+        # The backoff grows with failures of the same kind in a row: a first refusal after an
+        # outage gets a first refusal's cooldown, not the outage's.
+        if self._last_error is not None and isinstance(self._last_error, TransientIAMError) == transient:
+            self._streak += 1
+        else:
+            self._streak = 1
         retry_after = error.retry_after if isinstance(error, TransientIAMError) else None
         # Refused keys and unusable answers wait the whole backoff cap (no jitter), so they are
         # never hammered; transient failures get full jitter.
@@ -541,7 +562,7 @@ class TokenManager(AsyncContextManagerMixin):
         current = self._token
         usable_for = current.stale_at - now if current is not None else None
         delay = backoff_delay(
-            self._failures,
+            self._streak,
             self._retry,
             self._rng.random() if transient else 1.0,
             retry_after=retry_after,
