@@ -61,4 +61,3 @@ def run_virtual(main: Callable[[], Awaitable[None]], backend: str) -> None:
         else {"clock": trio.testing.MockClock(autojump_threshold=0)}
     )
     anyio.run(main, backend=backend, backend_options=options)
-
