@@ -20,9 +20,10 @@ import aioiam
 from ._contenders import AIOIAM, AIOIAM_ON_DEMAND, API_KEY, HAND_ROLLED, IBM, contender, ibm_token_manager
 from ._emulator import Emulator
 
-__all__ = ["BARE", "IBM_DIRECT", "run"]
+__all__ = ["BARE", "BARE_CLOCK", "IBM_DIRECT", "run"]
 
 BARE = "bare coroutine"
+BARE_CLOCK = "bare coroutine + clock check"
 IBM_DIRECT = "ibm-cloud-sdk-core, called directly"
 
 
@@ -34,6 +35,19 @@ class _Bare:
 
     async def get_token(self) -> str:
         return self._token
+
+
+class _BareClock:
+    """The yardstick of any cache that checks expiry per call: one ``time.monotonic()`` and a compare."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+        self._until = time.monotonic() + 3600
+
+    async def get_token(self) -> str:
+        if time.monotonic() < self._until:
+            return self._token
+        raise RuntimeError("expired")
 
 
 class _Direct:
@@ -83,6 +97,7 @@ async def run(*, calls: int, slow_calls: int, rounds: int, log: Any) -> dict[str
                 await asyncio.to_thread(ibm.get_token)
                 subjects: dict[str, tuple[Any, int]] = {
                     BARE: (_Bare(token), calls),
+                    BARE_CLOCK: (_BareClock(token), calls),
                     AIOIAM: (running, calls),
                     AIOIAM_ON_DEMAND: (on_demand, calls),
                     HAND_ROLLED: (_Wrapped(hand_rolled), calls),

@@ -11,7 +11,7 @@ from typing import Any
 from ._auth import STATIC
 from ._cold import FLOOR_REQUEST
 from ._contenders import AIOIAM, AIOIAM_ON_DEMAND, FLOOR, HAND_ROLLED, IBM
-from ._hot import BARE, IBM_DIRECT
+from ._hot import BARE, BARE_CLOCK, IBM_DIRECT
 
 __all__ = ["targets", "write"]
 
@@ -83,17 +83,22 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
     if "hot" in scenarios:
         rows = scenarios["hot"]["rows"]
+        clocked = _row(rows, contender=BARE_CLOCK)
         for name in (AIOIAM, AIOIAM_ON_DEMAND):
             row = _row(rows, contender=name)
             if row is not None:
-                found.append(
-                    {
-                        "scenario": "2. Hot path",
-                        "target": f"≤ 1.5x a bare coroutine ({_mode(name)})",
-                        "aioiam": f"{row['ratio_to_bare']:.2f}x ({row['ns_per_call']:.0f} ns)",
-                        "met": row["ratio_to_bare"] <= 1.5,
-                    }
-                )
+                item = {
+                    "scenario": "2. Hot path",
+                    "target": f"≤ 1.5x a bare coroutine ({_mode(name)})",
+                    "aioiam": f"{row['ratio_to_bare']:.2f}x ({row['ns_per_call']:.0f} ns)",
+                    "met": row["ratio_to_bare"] <= 1.5,
+                }
+                if name == AIOIAM_ON_DEMAND and clocked is not None:
+                    item["context"] = (
+                        f"without a background task a cache must read the clock per call: a bare coroutine "
+                        f"with one clock check is {clocked['ratio_to_bare']:.2f}x"
+                    )
+                found.append(item)
     if "stall" in scenarios:
         stall = scenarios["stall"]
         row = _row(stall["rows"], contender=AIOIAM)
@@ -341,7 +346,7 @@ def _targets_md(found: list[dict[str, Any]]) -> list[str]:
         if item.get("physically_attainable") is False:
             context += "; the timer floor alone is above the target on this machine"
         body.append([item["scenario"], item["target"], item["aioiam"], _verdict(item["met"]), context])
-    return [_table(["scenario", "target", "aioiam", "", "context"], body)]
+    return [_table(["scenario", "target", "aioiam", "verdict", "context"], body)]
 
 
 def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | None) -> str:
@@ -410,7 +415,9 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "## 2. Hot path",
             "",
             "Nanoseconds per `await tm.get_token()` while the token is cached, in a tight loop, against a bare "
-            f"coroutine method that returns a constant (`{BARE}`), with the same call shape. "
+            f"coroutine method that returns a constant (`{BARE}`), with the same call shape. `{BARE_CLOCK}` "
+            "also reads `time.monotonic()` and compares: the least that any cache checking expiry per call "
+            "costs. "
             f"`{IBM_DIRECT}` runs its synchronous `get_token()` on the event loop: cheap while cached, but it "
             "blocks the loop for the whole request when it fetches.",
             "",
