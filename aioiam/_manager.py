@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import cache
 
 import anyio
 import anyio.lowlevel
@@ -83,6 +84,17 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+@cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """The verifying TLS context shared by every client a manager makes, built on first use.
+
+    Building one loads the whole CA bundle: about 850 KiB and 20 ms each. Sharing it is what
+    lets a worker hold ten thousand managers; an ``SSLContext`` is safe to share between
+    clients, event loops and threads. Not used when the caller passes ``verify=``.
+    """
+    return httpx.create_ssl_context()
+
+
 def _warn_if_unverified(client: httpx.AsyncClient) -> None:
     """Log a warning if a caller's client does not verify TLS certificates (best effort)."""
     try:
@@ -110,11 +122,13 @@ class _Flight:
     waiters, a cancel scope each is most of the cost of waking them.
     """
 
-    __slots__ = ("done", "ends_by", "error", "token")
+    __slots__ = ("by_caller", "done", "ends_by", "error", "token")
 
-    def __init__(self, ends_by: float) -> None:
+    def __init__(self, ends_by: float, *, by_caller: bool = False) -> None:
         self.done = anyio.Event()
         self.ends_by = ends_by
+        #: ``ends_by`` is an on-demand caller's deadline, sooner than ``retry.request_timeout``.
+        self.by_caller = by_caller
         self.token: Token | None = None
         self.error: IAMError | None = None
 
@@ -187,11 +201,46 @@ class TokenManager(AsyncContextManagerMixin):
             raise ValueError("pass either http_client or transport, not both")
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
             raise TypeError("http_client must be an httpx.AsyncClient")
+        if refresh is not None and not isinstance(refresh, RefreshPolicy):
+            raise TypeError(f"refresh must be an aioiam.RefreshPolicy, not {type(refresh).__name__}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be an aioiam.RetryPolicy, not {type(retry).__name__}")
+        for name, function in (("clock", clock), ("wall_clock", wall_clock)):
+            if not callable(function):
+                raise TypeError(f"{name} must be a function returning seconds, not {type(function).__name__}")
+        if rng is not None and not callable(getattr(rng, "random", None)):
+            raise TypeError(f"rng must have a random() method, like random.Random; got {type(rng).__name__}")
+        if not isinstance(verify, (bool, ssl.SSLContext)):
+            raise TypeError(
+                f"verify must be True, False or an ssl.SSLContext, not {type(verify).__name__}; for a private "
+                "CA pass an ssl.SSLContext: verify=ssl.create_default_context(cafile=...)"
+            )
+        if callable(hooks):
+            raise TypeError("hooks must be a sequence of callables; put a single hook in a list: hooks=[hook]")
+        try:
+            checked_hooks = tuple(hooks)
+        except TypeError:
+            raise TypeError(f"hooks must be a sequence of callables, not {type(hooks).__name__}") from None
+        import inspect  # only the constructor needs it
+
+        for index, hook in enumerate(checked_hooks):
+            if not callable(hook):
+                raise TypeError(f"hooks[{index}] must be callable, not {type(hook).__name__}")
+            if (
+                inspect.iscoroutinefunction(hook)
+                or inspect.isasyncgenfunction(hook)
+                or inspect.iscoroutinefunction(getattr(hook, "__call__", None))  # noqa: B004
+            ):
+                name = getattr(hook, "__qualname__", type(hook).__name__)
+                raise TypeError(
+                    f"hooks[{index}] ({name}) is an async function, but hooks are called synchronously "
+                    "and its coroutine would never run; pass a plain function"
+                )
 
         self._source = source
         self._refresh = refresh if refresh is not None else RefreshPolicy()
         self._retry = retry if retry is not None else RetryPolicy()
-        self._hooks = tuple(hooks)
+        self._hooks = checked_hooks
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng if rng is not None else random.Random()
@@ -221,6 +270,7 @@ class TokenManager(AsyncContextManagerMixin):
         self._last_error: IAMError | None = None
         self._not_before = _NEVER
         self._tg: TaskGroup | None = None
+        self._entered = False
         self._wakeup: anyio.Event | None = None
         self._warned_skew = False
         self._requests = 0
@@ -230,7 +280,7 @@ class TokenManager(AsyncContextManagerMixin):
         # connection, and a pool without one is bound to no event loop.
         return httpx.AsyncClient(
             transport=transport,
-            verify=self._verify,
+            verify=_default_ssl_context() if self._verify is True else self._verify,
             timeout=httpx.Timeout(self._retry.request_timeout),
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": USER_AGENT},
@@ -327,6 +377,12 @@ class TokenManager(AsyncContextManagerMixin):
     async def __asynccontextmanager__(self) -> AsyncIterator[TokenManager]:
         if self._state is _Lifecycle.CLOSED:
             raise ManagerClosedError("this TokenManager is closed; make a new one")
+        if self._entered:
+            raise RuntimeError("this TokenManager has already been entered; enter it once and share it")
+        # Set before the first await: AsyncContextManagerMixin records an entry only once it has
+        # completed, so without this a second task entering at the same moment would get in too.
+        self._entered = True
+        self._bind_event_loop()
         body_error: BaseException | None = None
         try:
             async with anyio.create_task_group() as outer:
@@ -365,11 +421,24 @@ class TokenManager(AsyncContextManagerMixin):
             # time on, callers take the clock-checked path.
             self._hot = token if token is not None and now < token.refresh_at else None
             at = next_attempt_at(token, self._not_before, now)
+            if self._gave_up(token, now):
+                # A refused key or an unusable answer, and no usable token to protect: asking
+                # again in the background would only re-send a key IAM refused. The next caller
+                # asks again (after the cooldown), or invalidate() / a new token wakes us.
+                at = math.inf
             if at > now:
                 await self._sleep_until(at)
                 continue
             flight = self._flight or self._start_flight()
             await flight.done.wait()
+
+    def _gave_up(self, token: Token | None, now: float) -> bool:
+        error = self._last_error
+        return (
+            error is not None
+            and not isinstance(error, TransientIAMError)
+            and token_state(token, now) is TokenState.UNUSABLE
+        )
 
     def _poke(self) -> None:
         """Wake everything sleeping in :meth:`_sleep_until` so it looks at the state again."""
@@ -382,6 +451,9 @@ class TokenManager(AsyncContextManagerMixin):
         if self._wakeup is None:
             self._wakeup = anyio.Event()
         event = self._wakeup
+        if deadline == math.inf:
+            await event.wait()
+            return
         with anyio.move_on_after(max(0.0, deadline - self._clock())):
             await event.wait()
 
@@ -399,11 +471,18 @@ class TokenManager(AsyncContextManagerMixin):
         loop = _current_loop()
         if loop is self._loop:
             return
+        if self._tg is not None:
+            raise RuntimeError(
+                "this TokenManager is running inside 'async with' on another event loop; a manager "
+                "belongs to one event loop at a time. Use it from that loop, or make one per loop."
+            )
         if self._loop is not None:
             logger.debug("aioiam: token manager now used from another event loop; loop-bound state reset")
             self._wakeup = None
             self._flight = None
             if self._owns_client:
+                # The old client holds no connection (no keep-alive) and cannot be closed from
+                # this loop; dropping it leaks nothing.
                 self._client = self._make_client(self._transport)
         self._loop = loop
 
@@ -423,7 +502,7 @@ class TokenManager(AsyncContextManagerMixin):
                 assert token is not None
                 if self._tg is None and self._flight is None and now >= self._not_before:
                     # On demand: this caller refreshes; concurrent callers keep the valid token.
-                    await self._run_inline(self._start_flight())
+                    await self._run_inline(self._start_flight(deadline))
                     continue
                 return token
 
@@ -440,7 +519,7 @@ class TokenManager(AsyncContextManagerMixin):
                 raise self._unavailable(error)
             flight = self._flight
             if flight is None:
-                flight = self._start_flight()
+                flight = self._start_flight(deadline)
                 if self._tg is None:
                     await self._run_inline(flight)
             if flight.ends_by <= deadline:
@@ -475,16 +554,21 @@ class TokenManager(AsyncContextManagerMixin):
 
     # ------------------------------------------------------------------ flights
 
-    def _start_flight(self) -> _Flight:
+    def _start_flight(self, deadline: float = math.inf) -> _Flight:
         """Make the one flight and, in ``async with`` mode, start it in the task group.
 
         Synchronous on purpose: between checking ``self._flight`` and setting it nothing can run.
-        Without a task group the caller must run it with :meth:`_run_inline`.
+        Without a task group the caller must run it with :meth:`_run_inline`, and the request is
+        cut off at that caller's ``deadline`` if it comes before ``retry.request_timeout``: a
+        caller never waits past ``retry.timeout``. In ``async with`` mode the request runs in the
+        background and ``deadline`` is ignored; waiters give up on their own.
         """
         assert self._flight is None
         if self._state is _Lifecycle.CLOSED:
             raise ManagerClosedError("this TokenManager is closed")
-        flight = _Flight(self._clock() + self._retry.request_timeout)
+        ends_by = self._clock() + self._retry.request_timeout
+        by_caller = self._tg is None and deadline < ends_by
+        flight = _Flight(deadline if by_caller else ends_by, by_caller=by_caller)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
@@ -492,25 +576,60 @@ class TokenManager(AsyncContextManagerMixin):
 
     async def _run_inline(self, flight: _Flight) -> None:
         # Shielded: cancelling this caller must not cancel the request others wait for. The
-        # request is bounded by retry.request_timeout, so the delay to this caller's
-        # cancellation is bounded too.
+        # request is bounded by ``flight.ends_by``, so the delay to this caller's cancellation
+        # is bounded too. asyncio's own ``Task.cancel()`` (``wait_for``, ``asyncio.timeout``)
+        # goes through any shield; _run_flight then abandons the flight without failing it.
         with anyio.CancelScope(shield=True):
             await self._run_flight(flight)
 
     async def _run_flight(self, flight: _Flight) -> None:
+        """Run one flight to its end: fetch, record the outcome, and release every waiter.
+
+        Whatever happens (including a bug in a custom source or in the bookkeeping), the flight
+        is finished before this returns, so no waiter is ever left waiting on it.
+        """
+        try:
+            await self._attempt(flight)
+        except anyio.get_cancelled_exc_class():
+            if self._state is _Lifecycle.CLOSED or self._tg is not None:
+                # In ``async with`` mode only the manager's own task group cancels a flight: it
+                # is closing.
+                self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
+            else:
+                # Only the caller who ran the request was cancelled (asyncio's Task.cancel() goes
+                # through shields). The request is abandoned, not failed: no backoff, and the
+                # other waiters go round again and one of them asks anew.
+                logger.debug("aioiam: the caller running a token request was cancelled; request abandoned")
+                self._finish(flight, None, None)
+            raise
+        except Exception as exc:  # every waiter must get an IAMError, whatever broke
+            error = InvalidResponseError(f"aioiam could not complete the token request: {type(exc).__name__}")
+            error.__cause__ = exc
+            self._finish(flight, None, error)
+        finally:
+            self._finish(flight, None, None)  # a no-op unless something above did not finish it
+
+    async def _attempt(self, flight: _Flight) -> None:
         background = token_state(self._token, self._clock()) is not TokenState.UNUSABLE
         started = self._clock()
         wall_started = self._wall_clock()
+        budget = max(0.0, flight.ends_by - started)
         self._requests += 1
-        response: TokenResponse | None = None
+        response: object = None
         error: IAMError | None = None
+        cut_short = False
         try:
             # Measured from when the flight was made, so ``ends_by`` holds even if this task
             # started late on a busy loop.
-            with anyio.fail_after(max(0.0, flight.ends_by - self._clock())):
+            with anyio.fail_after(budget):
                 response = await self._source.fetch(self._client)
         except TimeoutError:
-            error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
+            if flight.by_caller:
+                # Cut off at the deadline of the on-demand caller who ran it, not by IAM.
+                error = TransientIAMError(f"IAM did not answer within the {budget:.3g}s left to the caller")
+                cut_short = True
+            else:
+                error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
         except httpx.TransportError as exc:
             error = TransientIAMError(f"could not reach IAM: {self._redact(_describe(exc))}")
         except IAMError as exc:
@@ -518,7 +637,6 @@ class TokenManager(AsyncContextManagerMixin):
         except httpx.HTTPError as exc:
             error = InvalidResponseError(f"IAM's answer could not be read: {type(exc).__name__}")
         except anyio.get_cancelled_exc_class():
-            self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
             raise
         except Exception as exc:  # a custom source's bug must still reach callers as an IAMError
             error = InvalidResponseError(f"the token source failed: {type(exc).__name__}")
@@ -528,25 +646,58 @@ class TokenManager(AsyncContextManagerMixin):
             self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
             return
 
-        if response is not None:
-            token = schedule(response, started, self._refresh, self._rng.random())
-            self._check_skew(response, wall_started)
-            self._token = token
-            self._hot = token if self._tg is not None and self._clock() < token.refresh_at else None
-            self._failures = 0
-            self._last_error = None
-            self._not_before = _NEVER
-            logger.debug(
-                "aioiam: got a token valid for %.0fs in %.3fs; refresh due in %.0fs",
-                token.expires_in,
-                duration,
-                token.refresh_at - self._clock(),
+        if error is None and not isinstance(response, TokenResponse):
+            error = InvalidResponseError(
+                f"the token source returned {type(response).__name__}, not an aioiam.TokenResponse"
             )
-            call_hooks(self._hooks, FetchAttempt(True, duration, background, 0, expires_in=token.expires_in))
-            self._finish(flight, token, None)
-            return
+        if error is None:
+            assert isinstance(response, TokenResponse)
+            token = schedule(response, started, self._refresh, self._rng.random())
+            if self._clock() >= token.stale_at:
+                # Lifetime shorter than the request took, plus the margin: nothing to hand out.
+                error = TransientIAMError(
+                    f"the token arrived inside its expiry margin (lifetime {token.expires_in:g}s, "
+                    f"request took {duration:.3g}s)"
+                )
+            else:
+                self._succeed(flight, token, response, wall_started, duration, background)
+                return
+        self._fail(flight, error, duration, background, cut_short=cut_short)
 
-        assert error is not None
+    def _succeed(
+        self,
+        flight: _Flight,
+        token: Token,
+        response: TokenResponse,
+        wall_started: float,
+        duration: float,
+        background: bool,
+    ) -> None:
+        self._check_skew(response, wall_started)
+        self._token = token
+        self._hot = token if self._tg is not None and self._clock() < token.refresh_at else None
+        self._failures = 0
+        self._last_error = None
+        self._not_before = _NEVER
+        logger.debug(
+            "aioiam: got a token valid for %.0fs in %.3fs; refresh due in %.0fs",
+            token.expires_in,
+            duration,
+            token.refresh_at - self._clock(),
+        )
+        call_hooks(self._hooks, FetchAttempt(True, duration, background, 0, expires_in=token.expires_in))
+        self._finish(flight, token, None)
+        self._poke()  # the refresher may be asleep with nothing to do: it has a token to time now
+
+    def _fail(
+        self, flight: _Flight, error: IAMError, duration: float, background: bool, *, cut_short: bool = False
+    ) -> None:
+        """Record a failed attempt: count it, set the backoff, log it, release the waiters.
+
+        A request cut short by its caller's deadline counts as a failure (so callers with
+        staggered deadlines cannot make IAM a request each), but the failure before it stays the
+        one reported: it says more than "the time ran out".
+        """
         self._failures += 1
         transient = isinstance(error, TransientIAMError)
         # The backoff grows with failures of the same kind in a row: a first refusal after an
@@ -569,17 +720,25 @@ class TokenManager(AsyncContextManagerMixin):
             usable_for=usable_for,
         )
         self._not_before = now + delay
-        self._last_error = error
+        if not (cut_short and self._last_error is not None):
+            self._last_error = error
         if current is not None and token_state(current, now) is not TokenState.UNUSABLE:
             logger.warning(
                 "aioiam: token refresh failed (%s); still serving the current token, usable for %.0fs more; "
                 "next attempt in %.1fs",
                 error,
-                current.stale_at - self._clock(),
+                current.stale_at - now,
                 delay,
             )
-        else:
+        elif transient:
             logger.warning("aioiam: token request failed (%s); next attempt allowed in %.1fs", error, delay)
+        else:
+            logger.warning(
+                "aioiam: token request failed (%s); not retried in the background, callers within "
+                "the next %.1fs get this error without a new request",
+                error,
+                delay,
+            )
         call_hooks(
             self._hooks,
             FetchAttempt(

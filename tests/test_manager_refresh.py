@@ -345,12 +345,39 @@ async def test_custom_source_bug_reaches_callers_as_an_iam_error() -> None:
 async def test_caller_deadline_before_the_requests_end_gives_unavailable_at_the_deadline() -> None:
     fake = FakeIAM(latency=8)
     tm = make_manager(fake, retry=RetryPolicy(timeout=3, request_timeout=10))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tm.get_token)  # starts the request, which takes 8 s
+
+    async def first_caller() -> None:
+        with pytest.raises(IAMUnavailableError):  # gives up at its own deadline, t = 3
+            await tm.get_token()
+
+    async with tm, anyio.create_task_group() as tg:
+        tg.start_soon(first_caller)  # starts the request, which takes 8 s
         await anyio.sleep(1)
         start = anyio.current_time()
         with pytest.raises(IAMUnavailableError, match="no token from IAM within 3s"):
             await tm.get_token()
         assert anyio.current_time() - start == pytest.approx(3)
-    assert fake.requests == 1
+        assert fake.requests == 1
+        tg.cancel_scope.cancel()
+
+
+async def test_on_demand_caller_running_the_request_gives_up_at_its_own_deadline() -> None:
+    # Without ``async with`` the first caller runs the request itself; it is cut off at that
+    # caller's retry.timeout, never left running to request_timeout.
+    fake = FakeIAM(latency=8)
+    tm = make_manager(fake, retry=RetryPolicy(timeout=3, request_timeout=10))
+    waits: list[float] = []
+
+    async def caller(delay: float) -> None:
+        await anyio.sleep(delay)
+        start = anyio.current_time()
+        with pytest.raises(IAMUnavailableError, match="did not answer within"):
+            await tm.get_token()
+        waits.append(anyio.current_time() - start)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller, 0)
+        tg.start_soon(caller, 1)
+    assert waits == [pytest.approx(3, abs=0.01), pytest.approx(3, abs=0.01)]
+    assert fake.requests == 2  # the second caller asked again once the first one's request ended
     await tm.aclose()

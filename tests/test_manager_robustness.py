@@ -1,0 +1,246 @@
+"""Misuse and broken parts around TokenManager: nothing hangs, nothing is lost, errors are typed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Sequence
+
+import anyio
+import httpx
+import pytest
+
+import aioiam._manager
+from aioiam import (
+    IAMUnavailableError,
+    InvalidCredentialsError,
+    InvalidResponseError,
+    RetryPolicy,
+    TokenManager,
+    TokenResponse,
+)
+from aioiam.testing import FakeIAM, Fault
+from tests._virtual_time import new_virtual_loop
+from tests.helpers import KEY, make_manager
+
+pytestmark = pytest.mark.anyio
+
+
+class _BrokenSource:
+    """A custom source whose ``fetch`` returns something that is not a TokenResponse."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        return ()
+
+    async def fetch(self, client: httpx.AsyncClient) -> TokenResponse:
+        self.calls += 1
+        await anyio.sleep(0.01)
+        return self.answer  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "on_demand"])
+async def test_a_source_returning_the_wrong_type_gives_every_waiter_invalid_response(background: bool) -> None:
+    source = _BrokenSource({"access_token": "x"})
+    tm = TokenManager(source=source, clock=anyio.current_time)
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await tm.get_token()
+        except InvalidResponseError as exc:
+            errors.append(exc)
+
+    async with contextlib.AsyncExitStack() as stack:
+        if background:
+            await stack.enter_async_context(tm)
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(caller)
+    assert len(errors) == 20
+    assert "returned dict, not an aioiam.TokenResponse" in str(errors[0])
+    assert source.calls == 1
+    await tm.aclose()
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "on_demand"])
+async def test_a_bug_after_the_answer_never_leaves_waiters_hanging(
+    background: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_schedule(*args: object, **kwargs: object) -> object:
+        raise ZeroDivisionError("a bug in the bookkeeping")
+
+    monkeypatch.setattr(aioiam._manager, "schedule", broken_schedule)
+    fake = FakeIAM(latency=0.05)
+    tm = make_manager(fake)
+    errors: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await tm.get_token()
+        except InvalidResponseError as exc:
+            errors.append(exc)
+
+    with anyio.fail_after(5):  # a hang fails the test instead of stalling the suite
+        async with contextlib.AsyncExitStack() as stack:
+            if background:
+                await stack.enter_async_context(tm)
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(caller)
+    assert len(errors) == 10
+    assert "ZeroDivisionError" in str(errors[0])
+    assert tm._flight is None
+    await tm.aclose()
+
+
+async def test_entering_async_with_twice_is_refused() -> None:
+    tm = make_manager()
+    async with tm:
+        with pytest.raises(RuntimeError, match="already been entered"):
+            async with tm:
+                pass  # pragma: no cover - never entered
+        assert await tm.get_token()  # the first entry is unharmed
+
+
+async def test_two_tasks_entering_at_once_get_one_refresher_and_one_error() -> None:
+    tm = make_manager()
+    outcomes: list[str] = []
+    release = anyio.Event()
+
+    async def enter() -> None:
+        try:
+            async with tm:
+                outcomes.append("entered")
+                await release.wait()
+        except RuntimeError:
+            outcomes.append("refused")
+            release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(enter)
+        tg.start_soon(enter)
+    assert sorted(outcomes) == ["entered", "refused"]
+
+
+async def test_refused_key_is_not_retried_in_the_background_while_no_token_is_held() -> None:
+    fake = FakeIAM(api_keys=["another-key"], lifetime=600)
+    tm = make_manager(fake, retry=RetryPolicy(initial_delay=0.5, max_delay=30))
+    async with tm:
+        with pytest.raises(InvalidCredentialsError):
+            await tm.get_token()
+        await anyio.sleep(3600)  # an hour: far past every cooldown
+        assert fake.requests == 1  # the refresher did not re-send a refused key
+        # The key is fixed on IAM's side; the next caller asks again and gets a token.
+        fake.api_keys = frozenset([KEY])
+        token = await tm.get_token()
+        assert fake.requests == 2
+        # And the refresher is back at work: it refreshes ahead of expiry with nobody waiting.
+        await anyio.sleep(600)
+        assert fake.requests >= 3
+        assert tm.token is not None
+        assert tm.token.access_token != token
+        assert await tm.get_token() == fake.issued[-1]
+
+
+async def test_refused_refresh_is_retried_while_the_token_is_usable_then_stops() -> None:
+    fake = FakeIAM(lifetime=100)
+    tm = make_manager(fake, retry=RetryPolicy(initial_delay=1, max_delay=10))
+    async with tm:
+        await tm.get_token()
+        fake.api_keys = frozenset(["revoked"])  # the key is revoked
+        await anyio.sleep(100)  # past the token's end
+        during = fake.requests
+        assert during > 2  # refresh attempts while the token was still usable
+        await anyio.sleep(3600)
+        assert fake.requests == during  # none once no usable token was left to protect
+        with pytest.raises(InvalidCredentialsError):
+            await tm.get_token()
+
+
+async def test_a_token_that_arrives_already_stale_is_a_transient_failure_with_a_cause() -> None:
+    fake = FakeIAM(lifetime=1, latency=1)  # the 1 s token takes 1 s to arrive
+    tm = make_manager(fake, retry=RetryPolicy(timeout=5, initial_delay=0.5, max_delay=1))
+    with pytest.raises(IAMUnavailableError, match="arrived inside its expiry margin") as caught:
+        await tm.get_token()
+    assert caught.value.cause is not None
+    assert 2 <= fake.requests <= 6  # retried with backoff, not in a tight loop
+    await tm.aclose()
+
+
+async def test_fault_answer_with_a_bad_token_type_is_invalid_response() -> None:
+    fake = FakeIAM()
+    fake.fail_next(1, Fault.token(token_type="MAC"))
+    tm = make_manager(fake)
+    with pytest.raises(InvalidResponseError):
+        await tm.get_token()
+    await tm.aclose()
+
+
+def test_managers_share_one_verifying_tls_context() -> None:
+    first = TokenManager(KEY)
+    second = TokenManager(KEY)
+    contexts = [tm._client._transport._pool._ssl_context for tm in (first, second)]  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1]
+
+
+def test_a_tls_context_passed_in_is_used_as_is() -> None:
+    import ssl
+
+    context = ssl.create_default_context()
+    tm = TokenManager(KEY, verify=context)
+    assert tm._client._transport._pool._ssl_context is context  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- asyncio only
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"loop_factory": new_virtual_loop})], ids=["asyncio"])
+async def test_asyncio_cancel_of_the_on_demand_caller_running_the_request_spares_the_others() -> None:
+    # asyncio.wait_for cancels with Task.cancel(), which goes through anyio's shield and cuts
+    # off the request this caller runs. The others must not see ManagerClosedError: one of them
+    # asks again.
+    fake = FakeIAM(latency=1)
+    tm = make_manager(fake, clock=asyncio.get_running_loop().time)
+    starter = asyncio.ensure_future(tm.get_token())
+    await asyncio.sleep(0)  # the starter is now running the request
+    others = [asyncio.ensure_future(tm.get_token()) for _ in range(5)]
+    await asyncio.sleep(0.5)
+    starter.cancel()
+    tokens = await asyncio.gather(*others)
+    assert starter.cancelled()
+    assert len(set(tokens)) == 1
+    assert tokens[0] == fake.issued[-1]
+    assert fake.requests == 2
+    assert not tm.closed
+    await tm.aclose()
+
+
+def test_a_running_manager_used_from_another_event_loop_says_what_to_do() -> None:
+    fake = FakeIAM()
+    tm = TokenManager(KEY, url="http://127.0.0.1:1", transport=fake.transport)
+    entered = threading.Event()
+    leave = threading.Event()
+
+    async def hold() -> None:
+        async with tm:
+            await tm.get_token()
+            fake.down = True  # no new token comes: the next caller takes the slow path
+            tm.invalidate(tm.token.access_token)  # type: ignore[union-attr]
+            entered.set()
+            await anyio.to_thread.run_sync(leave.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(tm.get_token())
+    finally:
+        leave.set()
+        thread.join(10)
