@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 import httpx
 
-from ._token import Redactor, TokenResponse, parse_error_response, parse_retry_after, parse_token_response
+from ._token import (
+    Redactor,
+    TokenResponse,
+    parse_error_response,
+    parse_retry_after,
+    parse_token_response,
+    redactable,
+    scrub,
+)
 from ._version import __version__
 
 __all__ = [
@@ -55,9 +63,14 @@ class TokenSource(Protocol):
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ``::1``)."""
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ``::1``).
+
+    ``localhost`` may end with a dot (``localhost.``); brackets around an IPv6 address and case are
+    ignored. Subdomains such as ``app.localhost`` are not loopback here: many resolvers send them
+    to DNS, where they can point anywhere. No name is resolved.
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -65,34 +78,55 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def token_endpoint(url: str) -> str:
+_URL_EXAMPLE = "such as 'https://iam.cloud.ibm.com'"
+
+
+def token_endpoint(url: str, *, secrets: Iterable[str] = ()) -> str:
     """The token endpoint for an IAM base URL.
 
     ``/identity/token`` is appended; a URL that already ends with it (and a trailing slash) is
-    accepted.
+    accepted. Does not resolve or contact the host.
+
+    Args:
+        url: IAM's base URL.
+        secrets: The API key and client secret (in every spelling sent). A URL that contains one
+            is refused, and no message quotes one.
 
     Raises:
-        ValueError: The URL is not absolute, carries credentials, a query or a fragment, or uses
-            plain http for a host that is not loopback. The message quotes the URL only when it
-            carries no credentials.
+        TypeError: The URL is not a string.
+        ValueError: The URL is blank, not absolute, contains one of ``secrets``, carries
+            credentials, a query or a fragment, or uses plain http for a host that is not loopback.
+            The message quotes the URL only when it has a scheme and a host, and never with a
+            query, a fragment, credentials or a secret in it: a string that is not even URL-shaped
+            may be a key passed in the wrong place.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError("url must be a non-empty string such as 'https://iam.cloud.ibm.com'")
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str {_URL_EXAMPLE}, not {type(url).__name__}")
+    url = url.strip()
+    if not url:
+        raise ValueError(f"url must be a non-empty string {_URL_EXAMPLE}")
+    if scrub(url, secrets) != url:
+        raise ValueError(
+            f"url contains the API key or the client secret; pass IAM's base URL {_URL_EXAMPLE} "
+            "(are two arguments swapped?)"
+        )
     try:
-        parsed = httpx.URL(url.strip())
+        parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
-        raise ValueError(f"url is not a valid URL: {exc}") from None
+        detail = f": {scrub(str(exc), secrets)}" if "://" in url else ""
+        raise ValueError(f"url is not a valid URL{detail}") from None
     if parsed.userinfo:
         raise ValueError("url must not carry a user name or password")
-    shown = str(parsed)
-    if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ValueError(f"url must be an absolute https URL such as 'https://iam.cloud.ibm.com', got {shown!r}")
-    if parsed.scheme == "http" and not is_loopback_host(parsed.host):
-        raise ValueError(
-            f"url must use https (plain http is allowed only for localhost and loopback addresses), got {shown!r}"
-        )
     if parsed.query or parsed.fragment:
-        raise ValueError(f"url must not have a query or fragment, got {shown!r}")
+        raise ValueError(f"url must not have a query or fragment; pass IAM's base URL {_URL_EXAMPLE}")
+    if parsed.scheme and parsed.host:
+        shown = f", got {url!r}"
+    else:
+        shown = " (the value is not shown: it has no scheme or host, so it may be a key passed as url)"
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise ValueError(f"url must be an absolute https URL {_URL_EXAMPLE}{shown}")
+    if parsed.scheme == "http" and not is_loopback_host(parsed.host):
+        raise ValueError(f"url must use https (plain http is allowed only for localhost and loopback addresses){shown}")
     path = parsed.path.rstrip("/")
     if path.endswith(_TOKEN_PATH):
         path = path[: -len(_TOKEN_PATH)]
@@ -127,6 +161,13 @@ async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redacto
     )
 
 
+def _check_str(name: str, value: object) -> None:
+    """Raise ``TypeError`` naming ``name`` (never quoting the value) unless ``value`` is a ``str``."""
+    if not isinstance(value, str):
+        hint = " (decode it first)" if isinstance(value, (bytes, bytearray)) else ""
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}{hint}")
+
+
 class ApiKeySource:
     """The API-key grant: ``POST {url}/identity/token`` with ``grant_type=...:apikey``.
 
@@ -139,7 +180,10 @@ class ApiKeySource:
         scope: Sent as ``scope`` when given.
 
     Raises:
-        ValueError: A missing or blank key, only one of the client id and secret, or a bad URL.
+        TypeError: ``api_key``, ``url``, ``client_id``, ``client_secret`` or ``scope`` is not a
+            string (``None`` is allowed for the last three).
+        ValueError: A missing or blank key, a key that looks like a URL, only one of the client id
+            and secret, or a bad URL (see :func:`token_endpoint`). No message quotes a secret.
     """
 
     __slots__ = ("_api_key", "_authorization", "_form", "_secrets", "endpoint")
@@ -153,12 +197,28 @@ class ApiKeySource:
         client_secret: str | None = None,
         scope: str | None = None,
     ) -> None:
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise ValueError("api_key is missing or blank; pass the IBM Cloud API key")
+        if api_key is None:
+            raise ValueError("api_key is missing; pass the IBM Cloud API key")
+        _check_str("api_key", api_key)
+        for name, value in (("client_id", client_id), ("client_secret", client_secret), ("scope", scope)):
+            if value is not None:
+                _check_str(name, value)
+        if not api_key.strip():
+            raise ValueError("api_key is blank; pass the IBM Cloud API key")
+        if api_key.strip().lower().startswith(("https://", "http://")):
+            raise ValueError("api_key looks like a URL; pass the key first and the URL as url=")
         if (client_id is None) != (client_secret is None) or client_id == "" or client_secret == "":
             raise ValueError("client_id and client_secret go together: pass both or neither")
-        self.endpoint = token_endpoint(url)
         self._api_key = api_key.strip()
+        secrets = [self._api_key, quote_plus(self._api_key)]
+        self._authorization: str | None = None
+        if client_id is not None and client_secret is not None:
+            encoded = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+            self._authorization = "Basic " + encoded
+            secrets += [client_secret, quote_plus(client_secret), encoded]
+        # Only those long enough to scrub without mangling other text; longest first.
+        self._secrets = redactable(secrets)
+        self.endpoint = token_endpoint(url, secrets=secrets)
         self._form = {
             "grant_type": APIKEY_GRANT,
             "apikey": self._api_key,
@@ -166,21 +226,18 @@ class ApiKeySource:
         }
         if scope:
             self._form["scope"] = scope
-        self._authorization: str | None = None
-        secrets = [self._api_key, quote_plus(self._api_key)]
-        if client_id is not None and client_secret is not None:
-            encoded = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
-            self._authorization = "Basic " + encoded
-            secrets += [client_secret, encoded]
-        # Longest first, so a secret that contains another is scrubbed whole.
-        self._secrets: tuple[str, ...] = tuple(sorted(set(secrets), key=len, reverse=True))
 
     def __repr__(self) -> str:
         return f"ApiKeySource(endpoint={self.endpoint!r}, client_auth={self._authorization is not None})"
 
     @property
     def secrets(self) -> Sequence[str]:
-        """The API key (also form-encoded), and the client secret and Basic credentials when configured."""
+        """The API key (also form-encoded), and the client secret and Basic credentials when configured.
+
+        Only those of at least :data:`~aioiam._token.MIN_REDACTABLE_LENGTH` characters, longest
+        first: a shorter string cannot be scrubbed from text without mangling unrelated words (and
+        no real IBM Cloud API key is that short).
+        """
         return self._secrets
 
     def build_request(self, client: httpx.AsyncClient) -> httpx.Request:
@@ -202,6 +259,4 @@ class ApiKeySource:
             await response.aclose()
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return scrub(text, self._secrets)

@@ -12,6 +12,8 @@ reading) and ``u`` (a uniform draw in ``[0, 1)``), so each rule can be tested ex
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,27 +26,49 @@ __all__ = [
     "backoff_delay",
     "expiry_margin",
     "next_attempt_at",
+    "number",
     "schedule",
     "seconds",
     "token_state",
 ]
 
 
-def seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:
-    """A duration in seconds from a number or a ``timedelta``.
+def number(value: object, name: str) -> float:
+    """A finite real number as a float, for a policy field called ``name``.
+
+    Accepts ``int``, ``float`` and other real numbers (``fractions.Fraction``, NumPy scalars);
+    does not check any range beyond finiteness.
 
     Raises:
+        TypeError: The value is not a real number; ``bool`` and numeric strings count as wrong types.
+        ValueError: The value is NaN or infinite (or too large to be a float).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    try:
+        result = float(value)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {result}")
+    return result
+
+
+def seconds(value: float | timedelta, name: str, *, allow_zero: bool = True) -> float:
+    """A duration in seconds from a number or a ``timedelta``, checked as :func:`number` does.
+
+    Raises:
+        TypeError: The value is neither a real number nor a ``timedelta`` (``bool``, ``str`` and
+            ``None`` included).
         ValueError: The duration is negative, not finite, or zero where that is not allowed.
-        TypeError: The value is neither a number nor a ``timedelta``.
     """
     if isinstance(value, timedelta):
         result = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        result = float(value)
     else:
-        raise TypeError(f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}")
-    if result != result or result in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite")
+        try:
+            result = number(value, name)
+        except TypeError:
+            raise TypeError(f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}") from None
     if result < 0 or (result == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {result}")
     return result
@@ -69,13 +93,21 @@ class RefreshPolicy:
     expiry_margin_fraction: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0 < self.refresh_fraction <= 1:
-            raise ValueError("refresh_fraction must be in (0, 1]")
-        if not 0 <= self.jitter_fraction < self.refresh_fraction:
-            raise ValueError("jitter_fraction must be in [0, refresh_fraction)")
+        """Check every field and store numbers as floats.
+
+        Raises:
+            TypeError: A field is not a number (``expiry_margin`` may also be a ``timedelta``).
+            ValueError: A field is NaN, infinite or out of its range.
+        """
+        for name in ("refresh_fraction", "jitter_fraction", "expiry_margin_fraction"):
+            object.__setattr__(self, name, number(getattr(self, name), name))
         object.__setattr__(self, "expiry_margin", seconds(self.expiry_margin, "expiry_margin"))
+        if not 0 < self.refresh_fraction <= 1:
+            raise ValueError(f"refresh_fraction must be in (0, 1], got {self.refresh_fraction}")
+        if not 0 <= self.jitter_fraction < self.refresh_fraction:
+            raise ValueError(f"jitter_fraction must be in [0, refresh_fraction), got {self.jitter_fraction}")
         if not 0 <= self.expiry_margin_fraction < 1:
-            raise ValueError("expiry_margin_fraction must be in [0, 1)")
+            raise ValueError(f"expiry_margin_fraction must be in [0, 1), got {self.expiry_margin_fraction}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +123,9 @@ class RetryPolicy:
         max_delay: The cap of every wait (seconds).
         multiplier: Growth of the cap per consecutive failure.
         timeout: How long a caller with no usable token waits in all before
-            :class:`~aioiam.IAMUnavailableError` (seconds).
-        request_timeout: How long one request to IAM may take (seconds), whatever the HTTP
-            client's own timeouts say.
+            :class:`~aioiam.IAMUnavailableError` (seconds, positive).
+        request_timeout: How long one request to IAM may take (seconds, positive), whatever the
+            HTTP client's own timeouts say.
         max_retry_after: The longest ``Retry-After`` honoured (seconds).
     """
 
@@ -105,10 +137,22 @@ class RetryPolicy:
     max_retry_after: float = 300.0
 
     def __post_init__(self) -> None:
+        """Check every field and store durations as float seconds.
+
+        ``timeout`` and ``request_timeout`` must be positive: with no time at all, a caller with no
+        token would give up without a single request. The delays may be zero (no backoff).
+
+        Raises:
+            TypeError: A field is not a number (durations may also be ``timedelta``).
+            ValueError: A field is NaN, infinite, negative, zero where a positive value is needed,
+                ``multiplier`` is below 1, or ``max_delay`` is below ``initial_delay``.
+        """
         for name in ("initial_delay", "max_delay", "timeout", "request_timeout", "max_retry_after"):
-            object.__setattr__(self, name, seconds(getattr(self, name), name, allow_zero=name != "request_timeout"))
+            positive = name in ("timeout", "request_timeout")
+            object.__setattr__(self, name, seconds(getattr(self, name), name, allow_zero=not positive))
+        object.__setattr__(self, "multiplier", number(self.multiplier, "multiplier"))
         if self.multiplier < 1:
-            raise ValueError("multiplier must be at least 1")
+            raise ValueError(f"multiplier must be at least 1, got {self.multiplier}")
         if self.max_delay < self.initial_delay:
             raise ValueError("max_delay must be at least initial_delay")
 
@@ -193,7 +237,11 @@ def backoff_delay(
         return 0.0
     # Cap the exponent: beyond a few dozen doublings every cap is max_delay anyway.
     exponent = min(failures - 1, 64)
-    cap = min(policy.max_delay, policy.initial_delay * policy.multiplier**exponent)
+    try:
+        growth = policy.multiplier**exponent
+    except OverflowError:  # a huge multiplier: the cap is reached at once
+        growth = math.inf
+    cap = min(policy.max_delay, policy.initial_delay * growth) if policy.initial_delay > 0 else 0.0
     delay = u * cap
     if usable_for is not None and usable_for > 0:
         delay = min(delay, max(policy.initial_delay, usable_for / 2))

@@ -12,7 +12,7 @@ import binascii
 import email.utils
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeGuard
@@ -26,12 +26,15 @@ from ._exceptions import (
 
 __all__ = [
     "MAX_EXPIRES_IN",
+    "MIN_REDACTABLE_LENGTH",
     "Token",
     "TokenResponse",
     "decode_jwt_claims",
     "parse_error_response",
     "parse_retry_after",
     "parse_token_response",
+    "redactable",
+    "scrub",
 ]
 
 #: The longest lifetime accepted from IAM, in seconds. IAM documents at most one hour; a day leaves
@@ -41,6 +44,34 @@ MAX_EXPIRES_IN = 86_400
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 Redactor = Callable[[str], str]
+
+#: Secrets shorter than this are not scrubbed from text: replacing a string of a few characters
+#: wherever it occurs mangles unrelated words (a key ``"e"`` turns ``"fake-1"`` into
+#: ``"fak[redacted]-1"``) and hides nothing. Real IBM Cloud API keys are 44 characters.
+MIN_REDACTABLE_LENGTH = 8
+
+
+def redactable(secrets: Iterable[str]) -> tuple[str, ...]:
+    """The secrets worth scrubbing, longest first, without duplicates.
+
+    Drops strings shorter than :data:`MIN_REDACTABLE_LENGTH` (they cannot be scrubbed without
+    mangling unrelated text) and non-strings. Longest first, so a secret that contains another is
+    scrubbed whole. Does not look at any text.
+    """
+    kept = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_REDACTABLE_LENGTH}
+    return tuple(sorted(kept, key=lambda s: (-len(s), s)))
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each redactable secret replaced by ``[redacted]``.
+
+    Only secrets of at least :data:`MIN_REDACTABLE_LENGTH` characters are replaced (see
+    :func:`redactable`); shorter ones are left in place. Exact, case-sensitive matching: a secret
+    spelled differently (other encodings than the ones listed) is not found.
+    """
+    for secret in redactable(secrets):
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _no_redaction(text: str) -> str:

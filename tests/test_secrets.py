@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from urllib.parse import quote_plus
 
 import anyio
 import httpx
@@ -91,4 +92,75 @@ async def test_errors_survive_pickling_without_gaining_secrets() -> None:
     assert type(clone) is type(info.value)
     assert (clone.status_code, clone.error_code, clone.request_id) == (400, "BXNIM0415E", info.value.request_id)
     assert KEY not in json.dumps(clone.__dict__, default=str)
+    await tm.aclose()
+
+
+def answering(status: int, message: str) -> httpx.MockTransport:
+    """An IAM that answers every request with ``status`` and IAM's error body carrying ``message``."""
+    return httpx.MockTransport(
+        lambda request: httpx.Response(status, json={"errorCode": "BXNIM0415E", "errorMessage": message})
+    )
+
+
+@pytest.mark.parametrize("short_key", ["e", "fake-1", "7-chars"])
+async def test_short_keys_are_not_scrubbed_out_of_unrelated_words(short_key: str) -> None:
+    message = "Provided API key could not be found; fake-1 is not a key, and 7-chars neither"
+    tm = TokenManager(short_key, url="http://127.0.0.1:1", transport=answering(400, message), clock=anyio.current_time)
+    with pytest.raises(IAMError) as info:
+        await tm.get_token()
+    assert info.value.error_message == message
+    assert "[redacted]" not in str(info.value)
+    await tm.aclose()
+
+
+async def test_short_keys_do_not_mangle_network_errors() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Name or service not known: the resolver failed")
+
+    tm = TokenManager(
+        "e",
+        url="http://127.0.0.1:1",
+        transport=httpx.MockTransport(refuse),
+        clock=anyio.current_time,
+        retry=RetryPolicy(timeout=1),
+    )
+    with pytest.raises(IAMError) as info:
+        await tm.get_token()
+    assert "Name or service not known: the resolver failed" in str(info.value)
+    await tm.aclose()
+
+
+def test_only_secrets_long_enough_to_scrub_are_listed() -> None:
+    from aioiam import ApiKeySource
+    from aioiam._token import MIN_REDACTABLE_LENGTH, scrub
+
+    assert MIN_REDACTABLE_LENGTH == 8
+    assert ApiKeySource("fake-1").secrets == ()
+    assert ApiKeySource("8-chars!").secrets == ("8-chars%21", "8-chars!")
+    assert scrub("a 7-chars and 8-chars! text", ["7-chars", "8-chars!"]) == "a 7-chars and [redacted] text"
+    source = ApiKeySource(KEY, client_id="bx", client_secret="short")
+    basic = base64.b64encode(b"bx:short").decode()
+    assert set(source.secrets) == {KEY, basic}  # the short client secret alone is not listed
+    assert [len(s) for s in source.secrets] == sorted((len(s) for s in source.secrets), reverse=True)
+
+
+async def test_real_length_keys_are_scrubbed_in_every_spelling_sent() -> None:
+    key = "SECRET/key+with=odd chars&0123456789abcdefgh"  # 44 characters, form-encoding changes it
+    secret = "SECRET client/secret+42"
+    fake = FakeIAM(api_keys=[key], client_id="bx", client_secret=secret)
+    tm = TokenManager(
+        key,
+        url="http://127.0.0.1:1",
+        client_id="bx",
+        client_secret=secret,
+        transport=echoing_iam(fake, 400),
+        clock=anyio.current_time,
+    )
+    with pytest.raises(IAMError) as info:
+        await tm.get_token()
+    text = " ".join([str(info.value), repr(info.value), str(info.value.error_message), str(info.value.request_id)])
+    assert "[redacted]" in text
+    for spelling in (key, quote_plus(key), secret, base64.b64encode(f"bx:{secret}".encode()).decode()):
+        assert spelling not in text
+    assert "SECRET" not in text
     await tm.aclose()

@@ -162,3 +162,72 @@ def test_backoff_retries_before_a_usable_token_goes_stale(failures: int, u: floa
 def test_retry_after_wins_over_the_usable_token_cap() -> None:
     policy = RetryPolicy()
     assert backoff_delay(1, policy, 0.5, retry_after=60, usable_for=10) == 60
+
+
+REFRESH_FIELDS = ["refresh_fraction", "jitter_fraction", "expiry_margin", "expiry_margin_fraction"]
+RETRY_FIELDS = ["initial_delay", "max_delay", "multiplier", "timeout", "request_timeout", "max_retry_after"]
+
+
+def _policy(cls: type[RefreshPolicy | RetryPolicy], name: str, value: object) -> object:
+    return cls(**{name: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True, False, [1], b"1"], ids=repr)
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [(RefreshPolicy, name) for name in REFRESH_FIELDS] + [(RetryPolicy, name) for name in RETRY_FIELDS],
+)
+def test_policy_fields_of_the_wrong_type_raise_type_error_naming_the_field(
+    cls: type[RefreshPolicy | RetryPolicy], name: str, value: object
+) -> None:
+    with pytest.raises(TypeError, match=f"^{name} must be a number"):
+        _policy(cls, name, value)
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), float("-inf"), 10**400], ids=["nan", "inf", "-inf", "10**400"]
+)
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [(RefreshPolicy, name) for name in REFRESH_FIELDS] + [(RetryPolicy, name) for name in RETRY_FIELDS],
+)
+def test_policy_fields_that_are_not_finite_raise_value_error_naming_the_field(
+    cls: type[RefreshPolicy | RetryPolicy], name: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=f"^{name} must be finite"):
+        _policy(cls, name, value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"multiplier": 0.999}, "multiplier must be at least 1"),
+        ({"timeout": 0}, "timeout must be positive"),
+        ({"timeout": timedelta(0)}, "timeout must be positive"),
+        ({"request_timeout": timedelta(0)}, "request_timeout must be positive"),
+        ({"request_timeout": -0.0}, "request_timeout must be positive"),
+        ({"max_retry_after": -1}, "max_retry_after must be non-negative"),
+    ],
+)
+def test_retry_policy_rejects_a_timeout_that_would_allow_no_request(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policies_accept_other_real_numbers_and_store_floats() -> None:
+    from fractions import Fraction
+
+    retry = RetryPolicy(multiplier=Fraction(3, 2), initial_delay=0, timeout=1)  # type: ignore[arg-type]
+    assert (retry.multiplier, retry.initial_delay, retry.timeout) == (1.5, 0.0, 1.0)
+    assert all(type(getattr(retry, name)) is float for name in RETRY_FIELDS)
+    refresh = RefreshPolicy(refresh_fraction=1, jitter_fraction=0, expiry_margin=timedelta(seconds=5))  # type: ignore[arg-type]
+    assert all(type(getattr(refresh, name)) is float for name in REFRESH_FIELDS)
+    assert RetryPolicy(max_retry_after=0, initial_delay=0, max_delay=0).max_delay == 0
+
+
+@pytest.mark.parametrize("multiplier", [1e6, 1e300])
+def test_backoff_with_a_huge_multiplier_reaches_the_cap_without_overflowing(multiplier: float) -> None:
+    policy = RetryPolicy(initial_delay=0.5, max_delay=30, multiplier=multiplier)
+    assert backoff_delay(1, policy, 1.0) == 0.5
+    assert backoff_delay(100, policy, 0.5) == 15.0
+    assert backoff_delay(100, RetryPolicy(initial_delay=0, max_delay=30, multiplier=multiplier), 1.0) == 0.0
