@@ -9,7 +9,9 @@ happened. It is not a benchmark (see ``python -m benchmarks`` for figures).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import math
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -193,8 +195,46 @@ class _Narrator(logging.Handler):
         self._out(f"  t={self._elapsed():5.1f}s  {record.getMessage()}")
 
 
+def _number(kind: Callable[[str], float], *, minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """An argparse ``type`` that parses a finite ``kind`` (``int`` or ``float``) above ``minimum``.
+
+    ``minimum`` itself is accepted when ``inclusive``. Anything else raises
+    ``argparse.ArgumentTypeError`` with a message naming the bound, which argparse reports as a
+    usage error (exit status 2). It does not check an upper bound.
+    """
+    what = "a whole number" if kind is int else "a finite number"
+    bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _trio_missing() -> bool:
+    """Whether ``import trio`` fails. It imports trio when it can; it does not check trio's version."""
+    try:
+        importlib.import_module("trio")
+    except ImportError:
+        return True
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aioiam`` console script. Returns the exit status."""
+    """Entry point of the ``aioiam`` console script. Returns the exit status.
+
+    0 when the demo ran and no caller saw an error, 1 when callers saw errors or ``--backend trio``
+    was asked for without trio installed (one line on stderr, nothing run), 130 on Ctrl-C. Bad
+    arguments (no command, an unknown one, a number out of range) do not return: argparse prints
+    the usage and the error on stderr and raises ``SystemExit(2)``; so do ``--help`` and
+    ``--version``, with status 0.
+    """
     parser = argparse.ArgumentParser(prog="aioiam", description="Asynchronous IBM Cloud IAM tokens.")
     parser.add_argument("--version", action="version", version=f"aioiam {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -203,17 +243,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run thousands of workers against the built-in IAM emulator (no key, no network)",
         description="Run thousands of workers through background refreshes and a simulated IAM outage.",
     )
-    demo.add_argument("--workers", type=int, default=2000, help="concurrent workers (default 2000)")
-    demo.add_argument("--seconds", type=float, default=12.0, help="how long to run (default 12)")
-    demo.add_argument("--lifetime", type=float, default=6.0, help="token lifetime in seconds (default 6)")
-    demo.add_argument("--latency", type=float, default=0.05, help="IAM answer time in seconds (default 0.05)")
+    positive_int = _number(int, minimum=1, inclusive=True)
+    positive = _number(float, minimum=0, inclusive=False)
+    not_negative = _number(float, minimum=0, inclusive=True)
+    demo.add_argument("--workers", type=positive_int, default=2000, help="concurrent workers (default 2000)")
+    demo.add_argument("--seconds", type=positive, default=12.0, help="how long to run (default 12)")
+    demo.add_argument("--lifetime", type=positive, default=6.0, help="token lifetime in seconds (default 6)")
+    demo.add_argument("--latency", type=not_negative, default=0.05, help="IAM answer time in seconds (default 0.05)")
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop (default asyncio)")
     args = parser.parse_args(argv)
-    if args.command != "demo":
-        parser.print_help()
-        return 2
-    if args.workers < 1 or args.seconds <= 0 or args.lifetime <= 0 or args.latency < 0:
-        parser.error("--workers, --seconds and --lifetime must be positive, --latency not negative")
+    if args.command is None:
+        parser.error("no command given (try 'aioiam demo', or 'aioiam --help')")
+    if args.backend == "trio" and _trio_missing():
+        print("aioiam demo: error: trio is not installed; pip install trio, or use --backend asyncio", file=sys.stderr)
+        return 1
 
     async def go() -> DemoReport:
         return await run_demo(workers=args.workers, seconds=args.seconds, lifetime=args.lifetime, latency=args.latency)

@@ -8,7 +8,8 @@ import sys
 import anyio
 import pytest
 
-from aioiam._cli import main, run_demo
+from aioiam import _cli
+from aioiam._cli import DemoReport, main, run_demo
 
 
 @pytest.mark.anyio
@@ -40,11 +41,70 @@ def test_demo_command_runs_for_real() -> None:
     assert "OK:" in result.stdout
 
 
-def test_cli_without_a_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
-    assert "demo" in capsys.readouterr().out
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``main(argv)``, check it is an argparse usage error (exit 2, nothing on stdout), return stderr."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: aioiam")
+    return err
 
 
-def test_cli_rejects_nonsense_options() -> None:
-    with pytest.raises(SystemExit):
-        main(["demo", "--workers", "0"])
+def test_cli_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error([], capsys)
+    assert err.splitlines()[-1] == "aioiam: error: no command given (try 'aioiam demo', or 'aioiam --help')"
+
+
+def test_cli_rejects_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["bench"], capsys)
+    assert "invalid choice: 'bench'" in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--workers", "-5"], "argument --workers: must be a whole number at least 1, got '-5'"),
+        (["--workers", "0"], "argument --workers: must be a whole number at least 1, got '0'"),
+        (["--workers", "2.5"], "argument --workers: expected a whole number at least 1, got '2.5'"),
+        (["--seconds", "0"], "argument --seconds: must be a finite number greater than 0, got '0'"),
+        (["--seconds", "nan"], "argument --seconds: must be a finite number greater than 0, got 'nan'"),
+        (["--lifetime", "inf"], "argument --lifetime: must be a finite number greater than 0, got 'inf'"),
+        (["--latency", "-0.1"], "argument --latency: must be a finite number at least 0, got '-0.1'"),
+        (["--backend", "curio"], "argument --backend: invalid choice: 'curio'"),
+    ],
+)
+def test_cli_rejects_nonsense_options(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["demo", *argv], capsys)
+    assert err.startswith("usage: aioiam demo")
+    assert err.splitlines()[-1].startswith(f"aioiam demo: error: {message}")
+
+
+def test_cli_accepts_the_edges_of_each_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, float, float, float]] = []
+
+    async def fake_run_demo(*, workers: int, seconds: float, lifetime: float, latency: float) -> DemoReport:
+        seen.append((workers, seconds, lifetime, latency))
+        return DemoReport()
+
+    monkeypatch.setattr(_cli, "run_demo", fake_run_demo)
+    assert main(["demo", "--workers", "1", "--seconds", "0.001", "--lifetime", "0.001", "--latency", "0"]) == 0
+    assert seen == [(1, 0.001, 0.001, 0.0)]
+
+
+def test_demo_on_trio_without_trio_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert not _cli._trio_missing()  # installed for the tests: the check sees it
+    monkeypatch.setitem(sys.modules, "trio", None)  # ``import trio`` now raises ImportError
+    assert _cli._trio_missing()
+
+    def must_not_run(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the demo started without its backend")
+
+    monkeypatch.setattr(anyio, "run", must_not_run)  # the module _cli calls
+    assert main(["demo", "--backend", "trio"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "aioiam demo: error: trio is not installed; pip install trio, or use --backend asyncio\n"

@@ -90,14 +90,16 @@ class Fault:
     was. Faults do not stack: each one replaces one answer.
 
     Attributes:
-        status: The HTTP status to answer with.
+        status: The HTTP status to answer with (unused when ``fields`` is set or with
+            ``connection``).
         body: The raw body; when ``None`` an IAM-style JSON error body is made for the status.
         headers: Extra response headers (``Retry-After``, say).
         error_code: The IAM error code for the generated error body.
         delay: Extra seconds to wait before the fault happens (slept on the event loop clock).
         error_message: The IAM error message for the generated body (default: "simulated <status>").
-        fields: When not ``None``, answer 200 with a real token whose JSON answer has these
-            fields replaced (:data:`OMIT` removes one). The token is issued and recorded as usual.
+        fields: When not ``None``, answer as a normal request would (a credential error, or 200
+            with a real token) with these fields of the JSON token answer replaced or added
+            (:data:`OMIT` removes one). The token is issued and recorded as usual.
         skew: With ``fields``: seconds added to ``iat``, ``exp`` and ``expiration`` (IAM's clock
             running ahead of the local one); the token's real validity is unchanged.
         connection: ``"reset"`` cuts the connection after sending ``partial``; ``"hang"`` never
@@ -137,7 +139,8 @@ class Fault:
             status: The HTTP status: 400/401/403 (refused credentials), 429 (rate limited),
                 5xx (IAM failing), or anything else.
             error_code: IAM's ``errorCode``; by default the usual one for the status
-                (``BXNIM0415E`` for 400, ``BXNIM0436E`` for 429, ``BXNIM0001E`` otherwise).
+                (``BXNIM0415E`` for 400, ``BXNIM0310E`` for 401, ``BXNIM0513E`` for 403,
+                ``BXNIM0436E`` for 429, ``BXNIM0001E`` otherwise).
             message: IAM's ``errorMessage``; by default a plausible one for the status.
             retry_after: Sent as the ``Retry-After`` header (seconds, or an HTTP date string).
             delay: Seconds to wait before answering.
@@ -166,7 +169,13 @@ class Fault:
 
     @classmethod
     def hang(cls) -> Fault:
-        """No answer ever comes: the request hangs until the client times out and disconnects."""
+        """No answer ever comes: the request hangs until the client gives up.
+
+        Over a socket the handler is cancelled when the client times out and disconnects. In
+        process (:attr:`FakeIAM.transport`) httpx's own timeouts do not apply: the request waits
+        until the caller cancels it (as :class:`~aioiam.TokenManager` does after
+        ``request_timeout``). Takes no ``delay``: it never answers anyway.
+        """
         return cls(status=0, connection="hang")
 
     @classmethod
@@ -214,8 +223,8 @@ class FakeIAM:
 
     ``FakeIAM`` is a test double, not a model of IAM's every rule: it checks the grant type, the
     API key (against ``api_keys``) and the client credentials, and issues unsigned JWT-shaped
-    tokens. It does not rate-limit by itself, refresh tokens, support other grants, speak TLS or
-    verify anything about tokens except through :meth:`is_valid`.
+    tokens. It does not rate-limit by itself, accept refresh tokens (or any grant but the API-key
+    grant), speak TLS or verify anything about tokens except through :meth:`is_valid`.
 
     Example::
 
@@ -243,7 +252,8 @@ class FakeIAM:
         refresh_tokens: Refresh tokens issued so far, oldest first.
         latency: Settable at any time.
         lifetime: Settable at any time.
-        down: While true, every request gets ``down_status`` (an outage).
+        down: While true, every request gets ``down_status`` (an outage); queued faults still
+            come first.
         down_status: The status served while ``down``.
         in_flight: Requests being answered right now.
         max_in_flight: The most requests ever answered at once.
@@ -274,7 +284,8 @@ class FakeIAM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: deque[Fault] = deque()
-        self._serial = itertools.count(1)
+        self._request_ids = itertools.count(1)  # Transaction-Id / requestId of every answer
+        self._serial = itertools.count(1)  # issued tokens only, so errors leave no gaps
         self._switch = ListenSwitch()
         self.transport = httpx.MockTransport(self._handle_in_process)
 
@@ -412,7 +423,7 @@ class FakeIAM:
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request) from None
 
     def _transaction_headers(self) -> dict[str, str]:
-        return {"Transaction-Id": f"fake-{next(self._serial)}"}
+        return {"Transaction-Id": f"fake-{next(self._request_ids)}"}
 
     def _error(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> httpx.Response:
         tid = self._transaction_headers()
