@@ -39,6 +39,7 @@ from ._exceptions import (
     TransientIAMError,
 )
 from ._hooks import FetchAttempt, Hook, call_hooks, logger
+from ._latch import Latch, new_latch
 from ._sources import USER_AGENT, ApiKeySource, TokenSource
 from ._timing import (
     RefreshPolicy,
@@ -125,7 +126,7 @@ class _Flight:
     __slots__ = ("by_caller", "done", "ends_by", "error", "token")
 
     def __init__(self, ends_by: float, *, by_caller: bool = False) -> None:
-        self.done = anyio.Event()
+        self.done: Latch = new_latch()
         self.ends_by = ends_by
         #: ``ends_by`` is an on-demand caller's deadline, sooner than ``retry.request_timeout``.
         self.by_caller = by_caller

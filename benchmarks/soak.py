@@ -489,7 +489,9 @@ async def run(config: SoakConfig) -> SoakReport:
                     calls_ok += 1
             calls += 1
             waits.append(clock() - start)
-            await anyio.sleep(min(rng.expovariate(1 / config.think), max(0.0, end - clock())))
+            # At least a millisecond: a sleep shorter than the loop's clock resolution is due at
+            # once, and on a virtual clock that never moves time on, so this loop never ended.
+            await anyio.sleep(max(1e-3, min(rng.expovariate(1 / config.think), end - clock())))
 
     async def lag_monitor() -> None:
         # The fast path reads no clock: a token is taken off it when its refresh falls due, which
