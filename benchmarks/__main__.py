@@ -86,7 +86,7 @@ FULL = Sizes(
     outage_pause=1.0,
     tenants_one=100,
     tenants_many=10_000,
-    tenants_own_client_many=1_000,
+    tenants_own_client_many=10_000,
 )
 
 QUICK = Sizes(
