@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import math
 import random
 import ssl
@@ -50,7 +51,7 @@ from ._timing import (
     schedule,
     token_state,
 )
-from ._token import Token, TokenResponse
+from ._token import Token, TokenResponse, scrub
 
 __all__ = ["TokenManager"]
 
@@ -169,6 +170,8 @@ class TokenManager(AsyncContextManagerMixin):
     Raises:
         ValueError: A missing or blank key, a non-https URL for a non-loopback host, only one of
             ``client_id``/``client_secret``, or conflicting arguments.
+        TypeError: An argument of the wrong type (a key that is not a ``str``, a policy of the
+            wrong class, a clock that is not callable, an ``async def`` hook, ...).
     """
 
     def __init__(
@@ -222,8 +225,6 @@ class TokenManager(AsyncContextManagerMixin):
             checked_hooks = tuple(hooks)
         except TypeError:
             raise TypeError(f"hooks must be a sequence of callables, not {type(hooks).__name__}") from None
-        import inspect  # only the constructor needs it
-
         for index, hook in enumerate(checked_hooks):
             if not callable(hook):
                 raise TypeError(f"hooks[{index}] must be callable, not {type(hook).__name__}")
@@ -489,11 +490,15 @@ class TokenManager(AsyncContextManagerMixin):
 
     async def _get_slow(self) -> Token:
         self._bind_event_loop()
-        deadline = self._clock() + self._retry.timeout
+        now = self._clock()
+        deadline = now + self._retry.timeout  # one reading: the first pass is always before it
+        first = True
         while True:
             if self._state is _Lifecycle.CLOSED:
                 raise ManagerClosedError("this TokenManager is closed")
-            now = self._clock()
+            if not first:
+                now = self._clock()
+            first = False
             token = self._token
             state = token_state(token, now)
             if state is TokenState.FRESH:
@@ -778,10 +783,7 @@ class TokenManager(AsyncContextManagerMixin):
             )
 
     def _redact(self, text: str) -> str:
-        for secret in self._source.secrets:
-            if secret:
-                text = text.replace(secret, "[redacted]")
-        return text
+        return scrub(text, self._source.secrets)
 
     def _close_now(self) -> None:
         """Mark closed, cancel background work, and fail the flight its waiters wait on."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
@@ -161,6 +161,37 @@ async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redacto
     )
 
 
+class _FormBody(httpx.AsyncByteStream):
+    """A request body sent as one chunk, iterated without an async generator.
+
+    httpx's own body stream is an async generator; a request cancelled while sending it (a
+    timeout, a manager closing) leaves the generator unfinished, and trio then warns
+    (``ResourceWarning``) when it is garbage collected. This iterator has nothing to finish.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._body)
+
+
+class _OneChunk:
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body, self._body = self._body, None
+        if body is None:
+            raise StopAsyncIteration
+        return body
+
+
 def _check_str(name: str, value: object) -> None:
     """Raise ``TypeError`` naming ``name`` (never quoting the value) unless ``value`` is a ``str``."""
     if not isinstance(value, str):
@@ -248,7 +279,9 @@ class ApiKeySource:
         }
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        return client.build_request("POST", self.endpoint, data=self._form, headers=headers)
+        request = client.build_request("POST", self.endpoint, data=self._form, headers=headers)
+        request.stream = _FormBody(request.content)
+        return request
 
     async def fetch(self, client: httpx.AsyncClient) -> TokenResponse:
         """Send one token request and read the answer. No retry, no timing."""

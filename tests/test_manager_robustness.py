@@ -244,3 +244,14 @@ def test_a_running_manager_used_from_another_event_loop_says_what_to_do() -> Non
     finally:
         leave.set()
         thread.join(10)
+
+
+async def test_a_caller_always_gets_one_attempt_however_short_its_timeout() -> None:
+    # A clock that moves on by a whole second at every reading, against a 0.5 s timeout: the
+    # deadline and the first check come from one reading, so the request is still made.
+    readings = iter(range(1_000_000))
+    fake = FakeIAM()
+    tm = make_manager(fake, clock=lambda: float(next(readings)), retry=RetryPolicy(timeout=0.5))
+    assert await tm.get_token() == fake.issued[0]
+    assert fake.requests == 1
+    await tm.aclose()

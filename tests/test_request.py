@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 from urllib.parse import parse_qs
 
 import anyio
@@ -11,7 +12,7 @@ import pytest
 import respx
 
 from aioiam import InvalidResponseError, TokenManager, __version__
-from aioiam._sources import is_loopback_host, token_endpoint
+from aioiam._sources import ApiKeySource, is_loopback_host, token_endpoint
 from aioiam.testing import FakeIAM
 
 pytestmark = pytest.mark.anyio
@@ -158,3 +159,16 @@ async def test_redirects_are_not_followed() -> None:
             await tm.get_token()
         assert len(router.calls) == 1
     await tm.aclose()
+
+
+async def test_the_body_is_not_an_async_generator_so_a_cancelled_send_leaves_nothing_to_finalize() -> None:
+    # httpx's own body stream is an async generator: cancelled mid-send, it is left unfinished
+    # and trio warns when it is collected. The token request's body is a plain iterator.
+    source = ApiKeySource("test-api-key-0123456789")
+    async with httpx.AsyncClient() as client:
+        request = source.build_request(client)
+    iterator = aiter(request.stream)  # type: ignore[arg-type]
+    assert not inspect.isasyncgen(iterator)
+    assert [chunk async for chunk in iterator] == [request.content]
+    assert int(request.headers["Content-Length"]) == len(request.content)
+    assert [chunk async for chunk in request.stream] == [request.content]  # type: ignore[union-attr]
