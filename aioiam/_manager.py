@@ -51,7 +51,7 @@ from ._timing import (
     schedule,
     token_state,
 )
-from ._token import Token, TokenResponse, scrub
+from ._token import Token, TokenResponse, scrub, token_response_problem
 
 __all__ = ["TokenManager"]
 
@@ -627,26 +627,28 @@ class TokenManager(AsyncContextManagerMixin):
         try:
             # Measured from when the flight was made, so ``ends_by`` holds even if this task
             # started late on a busy loop.
-            with anyio.fail_after(budget):
+            with anyio.move_on_after(budget) as deadline:
                 response = await self._source.fetch(self._client)
-        except TimeoutError:
-            if flight.by_caller:
-                # Cut off at the deadline of the on-demand caller who ran it, not by IAM.
-                error = TransientIAMError(f"IAM did not answer within the {budget:.3g}s left to the caller")
-                cut_short = True
-            else:
-                error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
+            if deadline.cancelled_caught:
+                # Our own cut-off. (A TimeoutError the source raises itself is its own failure.)
+                if flight.by_caller:
+                    # Cut off at the deadline of the on-demand caller who ran it, not by IAM.
+                    error = TransientIAMError(f"IAM did not answer within the {budget:.3g}s left to the caller")
+                    cut_short = True
+                else:
+                    error = TransientIAMError(f"IAM did not answer within {self._retry.request_timeout:g}s")
         except httpx.TransportError as exc:
             error = TransientIAMError(f"could not reach IAM: {self._redact(_describe(exc))}")
         except IAMError as exc:
-            error = exc
+            error = exc._scrubbed(self._redact)  # a custom source's errors may quote its secrets
         except httpx.HTTPError as exc:
             error = InvalidResponseError(f"IAM's answer could not be read: {type(exc).__name__}")
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:  # a custom source's bug must still reach callers as an IAMError
             error = InvalidResponseError(f"the token source failed: {type(exc).__name__}")
-            error.__cause__ = exc
+            if self._redact(str(exc)) == str(exc):  # the cause is kept unless it quotes a secret
+                error.__cause__ = exc
         duration = self._clock() - started
         if self._state is _Lifecycle.CLOSED:
             self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
@@ -656,6 +658,10 @@ class TokenManager(AsyncContextManagerMixin):
             error = InvalidResponseError(
                 f"the token source returned {type(response).__name__}, not an aioiam.TokenResponse"
             )
+        elif error is None and isinstance(response, TokenResponse):
+            problem = token_response_problem(response)  # a custom source's answer is checked too
+            if problem is not None:
+                error = InvalidResponseError(f"the token source's answer is unusable: {problem}")
         if error is None:
             assert isinstance(response, TokenResponse)
             token = schedule(response, started, self._refresh, self._rng.random())

@@ -18,6 +18,7 @@ import httpx
 from ._token import (
     Redactor,
     TokenResponse,
+    clip,
     parse_error_response,
     parse_retry_after,
     parse_token_response,
@@ -149,6 +150,10 @@ async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redacto
     """
     body = await response.aread()
     request_id = _request_id(response.headers)
+    if request_id is not None:
+        # A header is text from the other side like the body: a proxy echoing the request could
+        # put the key in it. Scrubbed and clipped like the body's requestId.
+        request_id = clip(redact(request_id), 100)
     if response.status_code == 200:
         return parse_token_response(body, status_code=200, request_id=request_id)
     raise parse_error_response(

@@ -79,9 +79,10 @@ class RefreshPolicy:
     """When tokens are refreshed and when they stop being handed out.
 
     Attributes:
-        refresh_fraction: Refresh once this fraction of the lifetime has passed (IBM's cores: 0.8).
+        refresh_fraction: Refresh once this fraction of the lifetime has passed (IBM's cores: 0.8),
+            in ``[0.5, 1]``.
         jitter_fraction: Move the refresh earlier by a random amount up to this fraction of the
-            lifetime, so a fleet started together does not refresh in lockstep.
+            lifetime, so a fleet started together does not refresh in lockstep; in ``[0, 0.25]``.
         expiry_margin: Never hand out a token this close to its expiry (seconds)...
         expiry_margin_fraction: ...or this fraction of its lifetime, whichever is smaller, so
             short-lived tokens stay usable for most of their life.
@@ -102,10 +103,12 @@ class RefreshPolicy:
         for name in ("refresh_fraction", "jitter_fraction", "expiry_margin_fraction"):
             object.__setattr__(self, name, number(getattr(self, name), name))
         object.__setattr__(self, "expiry_margin", seconds(self.expiry_margin, "expiry_margin"))
-        if not 0 < self.refresh_fraction <= 1:
-            raise ValueError(f"refresh_fraction must be in (0, 1], got {self.refresh_fraction}")
-        if not 0 <= self.jitter_fraction < self.refresh_fraction:
-            raise ValueError(f"jitter_fraction must be in [0, refresh_fraction), got {self.jitter_fraction}")
+        # Bounded so that a token is always used for at least a quarter of its life before it is
+        # refreshed: a refresh_fraction near zero would turn the refresher into a request loop.
+        if not 0.5 <= self.refresh_fraction <= 1:
+            raise ValueError(f"refresh_fraction must be in [0.5, 1], got {self.refresh_fraction}")
+        if not 0 <= self.jitter_fraction <= 0.25:
+            raise ValueError(f"jitter_fraction must be in [0, 0.25], got {self.jitter_fraction}")
         if not 0 <= self.expiry_margin_fraction < 1:
             raise ValueError(f"expiry_margin_fraction must be in [0, 1), got {self.expiry_margin_fraction}")
 

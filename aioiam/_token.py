@@ -224,7 +224,7 @@ def parse_token_response(
         raise invalid("'token_type' is not 'Bearer'")
 
     expires_in = data.get("expires_in")
-    if not _is_number(expires_in):
+    if not _is_number(expires_in) or not math.isfinite(expires_in):
         raise invalid("'expires_in' is missing or not a number")
     if expires_in <= 0:
         raise invalid("'expires_in' is not positive")
@@ -259,6 +259,29 @@ def parse_token_response(
     )
 
 
+def token_response_problem(response: TokenResponse) -> str | None:
+    """What makes a :class:`TokenResponse` unusable, or ``None`` if nothing does.
+
+    The same rules :func:`parse_token_response` applies to IAM's JSON, for answers built by a
+    custom :class:`~aioiam.TokenSource`: a non-empty ``access_token`` that can go in a header, a
+    ``Bearer`` ``token_type``, a finite ``expires_in`` in ``(0, MAX_EXPIRES_IN]``. The reason names
+    the field, never its value. Does not decode or verify the token.
+    """
+    token = response.access_token
+    if not isinstance(token, str) or not token.strip():
+        return "'access_token' is missing or not a non-empty string"
+    if any(c.isspace() for c in token) or not token.isprintable():
+        return "'access_token' contains characters not allowed in a header"
+    if not isinstance(response.token_type, str) or response.token_type.lower() != "bearer":
+        return "'token_type' is not 'Bearer'"
+    expires_in = response.expires_in
+    if not _is_number(expires_in) or not math.isfinite(expires_in):
+        return "'expires_in' is missing or not a number"
+    if not 0 < expires_in <= MAX_EXPIRES_IN:
+        return f"'expires_in' is not in (0, {MAX_EXPIRES_IN}] seconds"
+    return None
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date).
 
@@ -287,7 +310,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
-def _clip(text: str, limit: int = 300) -> str:
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` on one line (runs of whitespace made one space), cut to ``limit`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -325,15 +349,15 @@ def parse_error_response(
     if isinstance(data, dict):
         code = data.get("errorCode")
         if isinstance(code, str) and code:
-            error_code = _clip(redact(code), 40)
+            error_code = clip(redact(code), 40)
         message = data.get("errorMessage")
         if isinstance(message, str) and message:
-            error_message = _clip(redact(message))
+            error_message = clip(redact(message))
         context = data.get("context")
         if isinstance(context, dict):
             rid = context.get("requestId")
             if isinstance(rid, str) and rid:
-                request_id = _clip(redact(rid), 100)
+                request_id = clip(redact(rid), 100)
 
     details = f"IAM answered {status_code}"
     if error_code:

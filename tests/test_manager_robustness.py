@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import threading
 from collections.abc import Sequence
 
@@ -13,6 +15,7 @@ import pytest
 
 import aioiam._manager
 from aioiam import (
+    IAMError,
     IAMUnavailableError,
     InvalidCredentialsError,
     InvalidResponseError,
@@ -255,3 +258,71 @@ async def test_a_caller_always_gets_one_attempt_however_short_its_timeout() -> N
     assert await tm.get_token() == fake.issued[0]
     assert fake.requests == 1
     await tm.aclose()
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"expires_in": float("nan")}, "'expires_in' is missing or not a number"),
+        ({"expires_in": float("inf")}, "'expires_in' is missing or not a number"),
+        ({"expires_in": 0}, "'expires_in' is not in"),
+        ({"expires_in": 10**9}, "'expires_in' is not in"),
+        ({"access_token": None}, "'access_token' is missing"),
+        ({"access_token": ""}, "'access_token' is missing"),
+        ({"access_token": "a\r\nX-Injected: 1"}, "not allowed in a header"),
+        ({"token_type": "MAC"}, "'token_type' is not 'Bearer'"),
+    ],
+)
+@pytest.mark.parametrize("background", [True, False], ids=["background", "on_demand"])
+async def test_a_custom_sources_unusable_answer_is_invalid_response(
+    fields: dict[str, object], reason: str, background: bool
+) -> None:
+    answer = TokenResponse(**{"access_token": "a.b.c", "token_type": "Bearer", "expires_in": 3600.0, **fields})  # type: ignore[arg-type]
+    source = _BrokenSource(answer)
+    tm = TokenManager(source=source, clock=anyio.current_time)
+    async with contextlib.AsyncExitStack() as stack:
+        if background:
+            await stack.enter_async_context(tm)
+        with pytest.raises(InvalidResponseError, match=re.escape(reason)):
+            await tm.get_token()
+        await anyio.sleep(60)  # the refresher does not loop on it either
+    assert source.calls == 1
+    await tm.aclose()
+
+
+class _LeakySource:
+    """A custom source whose errors quote its own secret."""
+
+    SECRET = "SECRET-profile-token-0123456789"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @property
+    def secrets(self) -> Sequence[str]:
+        return (self.SECRET,)
+
+    async def fetch(self, client: httpx.AsyncClient) -> TokenResponse:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidCredentialsError(f"refused {_LeakySource.SECRET}", error_message=f"bad {_LeakySource.SECRET}"),
+        ValueError(f"could not use {_LeakySource.SECRET}"),
+    ],
+    ids=["iam_error", "other_error"],
+)
+async def test_a_custom_sources_secrets_are_scrubbed_from_its_errors(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    tm = TokenManager(source=_LeakySource(error), clock=anyio.current_time)
+    with caplog.at_level(logging.DEBUG, logger="aioiam"), pytest.raises(IAMError) as caught:
+        await tm.get_token()
+    await tm.aclose()
+    seen = [str(caught.value), repr(caught.value), str(caught.value.__cause__)]
+    seen += [str(value) for value in vars(caught.value).values()]
+    seen += [record.getMessage() for record in caplog.records]
+    assert not any(_LeakySource.SECRET in text for text in seen)
+    assert "[redacted]" in str(caught.value) or isinstance(error, ValueError)

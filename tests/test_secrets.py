@@ -164,3 +164,34 @@ async def test_real_length_keys_are_scrubbed_in_every_spelling_sent() -> None:
         assert spelling not in text
     assert "SECRET" not in text
     await tm.aclose()
+
+
+@pytest.mark.parametrize("status", [403, 503, 404])
+@pytest.mark.parametrize("header", ["Transaction-Id", "X-Global-Transaction-Id", "X-Request-Id"])
+async def test_a_request_id_header_echoing_the_request_is_scrubbed(
+    status: int, header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        echo = request.content.decode() + " " + request.headers.get("authorization", "")
+        return httpx.Response(status, headers={header: echo}, json={"errorMessage": "denied"})
+
+    tm = TokenManager(
+        KEY,
+        url="http://127.0.0.1:1",
+        client_id="bx",
+        client_secret=CLIENT_SECRET,
+        transport=httpx.MockTransport(handle),
+        clock=anyio.current_time,
+        retry=RetryPolicy(timeout=0.5, initial_delay=0.1, max_delay=0.2),
+    )
+    with caplog.at_level(logging.DEBUG, logger="aioiam"), pytest.raises(IAMError) as caught:
+        await tm.get_token()
+    await tm.aclose()
+    error = caught.value
+    seen = [str(error), repr(error), str(error.request_id), str(getattr(error, "cause", ""))]
+    seen += [record.getMessage() for record in caplog.records]
+    assert error.request_id is not None
+    assert "[redacted]" in error.request_id
+    basic = base64.b64encode(f"bx:{CLIENT_SECRET}".encode()).decode()
+    for secret in (KEY, quote_plus(KEY), CLIENT_SECRET, basic):
+        assert not any(secret in text for text in seen), secret

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aioiam import RefreshPolicy, RetryPolicy, TokenResponse, TokenState
+from aioiam import InvalidResponseError, RefreshPolicy, RetryPolicy, TokenResponse, TokenState
 from aioiam._timing import (
     backoff_delay,
     expiry_margin,
@@ -17,13 +17,14 @@ from aioiam._timing import (
     seconds,
     token_state,
 )
+from aioiam._token import parse_token_response
 
 lifetimes = st.floats(min_value=0.001, max_value=86_400, allow_nan=False)
 times = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 unit = st.floats(min_value=0, max_value=1, exclude_max=True)
 policies = st.builds(
     RefreshPolicy,
-    refresh_fraction=st.floats(min_value=0.1, max_value=1.0),
+    refresh_fraction=st.floats(min_value=0.5, max_value=1.0),
     jitter_fraction=st.floats(min_value=0.0, max_value=0.09),
     expiry_margin=st.floats(min_value=0, max_value=120),
     expiry_margin_fraction=st.floats(min_value=0, max_value=0.5),
@@ -231,3 +232,17 @@ def test_backoff_with_a_huge_multiplier_reaches_the_cap_without_overflowing(mult
     assert backoff_delay(1, policy, 1.0) == 0.5
     assert backoff_delay(100, policy, 0.5) == 15.0
     assert backoff_delay(100, RetryPolicy(initial_delay=0, max_delay=30, multiplier=multiplier), 1.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"refresh_fraction": 1e-9}, {"refresh_fraction": 0.49}, {"jitter_fraction": 0.3}, {"refresh_fraction": 1.01}],
+)
+def test_refresh_policies_that_would_make_the_refresher_a_request_loop_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be in"):
+        RefreshPolicy(**kwargs)
+
+
+def test_nan_expires_in_from_iam_is_refused() -> None:
+    with pytest.raises(InvalidResponseError, match="'expires_in' is missing or not a number"):
+        parse_token_response(b'{"access_token": "a.b.c", "token_type": "Bearer", "expires_in": NaN}')
