@@ -124,13 +124,15 @@ class _Flight:
     waiters, a cancel scope each is most of the cost of waking them.
     """
 
-    __slots__ = ("by_caller", "done", "ends_by", "error", "token")
+    __slots__ = ("by_caller", "done", "ends_by", "error", "inline", "token")
 
-    def __init__(self, ends_by: float, *, by_caller: bool = False) -> None:
+    def __init__(self, ends_by: float, *, by_caller: bool = False, inline: bool = False) -> None:
         self.done: Latch = new_latch()
         self.ends_by = ends_by
         #: ``ends_by`` is an on-demand caller's deadline, sooner than ``retry.request_timeout``.
         self.by_caller = by_caller
+        #: Run by the caller who started it (on demand, not on asyncio): see ``_run_inline``.
+        self.inline = inline
         self.token: Token | None = None
         self.error: IAMError | None = None
 
@@ -273,6 +275,10 @@ class TokenManager(AsyncContextManagerMixin):
         self._not_before = _NEVER
         self._tg: TaskGroup | None = None
         self._entered = False
+        # On demand: the asyncio task running the request, or the cancel scope of the caller
+        # running it elsewhere (see _start_flight); aclose() cancels either.
+        self._detached: set[asyncio.Task[None]] = set()
+        self._inline_scope: anyio.CancelScope | None = None
         self._wakeup: anyio.Event | None = None
         self._warned_skew = False
         self._requests = 0
@@ -371,7 +377,16 @@ class TokenManager(AsyncContextManagerMixin):
         the HTTP client the manager made (never one you passed in). Idempotent."""
         if self._state is _Lifecycle.CLOSED:
             return
+        if self._tg is not None and _current_loop() is not self._loop:
+            raise RuntimeError(
+                "this TokenManager is running inside 'async with' on another event loop; close it "
+                "from that loop (leaving the block closes it)"
+            )
         self._close_now()
+        running = asyncio._get_running_loop()
+        pending = [task for task in self._detached if task.get_loop() is running]
+        if pending:
+            await asyncio.wait(pending)  # cancelled just now: they end at their next step
         if self._tg is None and self._owns_client:
             await self._client.aclose()
 
@@ -482,6 +497,8 @@ class TokenManager(AsyncContextManagerMixin):
             logger.debug("aioiam: token manager now used from another event loop; loop-bound state reset")
             self._wakeup = None
             self._flight = None
+            self._detached = set()
+            self._inline_scope = None
             if self._owns_client:
                 # The old client holds no connection (no keep-alive) and cannot be closed from
                 # this loop; dropping it leaks nothing.
@@ -508,7 +525,12 @@ class TokenManager(AsyncContextManagerMixin):
                 assert token is not None
                 if self._tg is None and self._flight is None and now >= self._not_before:
                     # On demand: this caller refreshes; concurrent callers keep the valid token.
-                    await self._run_inline(self._start_flight(deadline))
+                    refresh = self._start_flight(deadline)
+                    if refresh.inline:
+                        await self._run_inline(refresh)
+                    else:
+                        with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                            await refresh.done.wait()
                     continue
                 return token
 
@@ -526,7 +548,7 @@ class TokenManager(AsyncContextManagerMixin):
             flight = self._flight
             if flight is None:
                 flight = self._start_flight(deadline)
-                if self._tg is None:
+                if flight.inline:
                     await self._run_inline(flight)
             if flight.ends_by <= deadline:
                 await flight.done.wait()
@@ -561,32 +583,50 @@ class TokenManager(AsyncContextManagerMixin):
     # ------------------------------------------------------------------ flights
 
     def _start_flight(self, deadline: float = math.inf) -> _Flight:
-        """Make the one flight and, in ``async with`` mode, start it in the task group.
+        """Make the one flight and start it, or leave it to the caller to run.
 
         Synchronous on purpose: between checking ``self._flight`` and setting it nothing can run.
-        Without a task group the caller must run it with :meth:`_run_inline`, and the request is
-        cut off at that caller's ``deadline`` if it comes before ``retry.request_timeout``: a
-        caller never waits past ``retry.timeout``. In ``async with`` mode the request runs in the
-        background and ``deadline`` is ignored; waiters give up on their own.
+
+        - In ``async with`` mode the request runs in the manager's task group.
+        - On demand on asyncio, it runs in a task of its own, which ends with the request (by
+          ``retry.request_timeout``) and which :meth:`aclose` cancels: no caller's cancellation,
+          asyncio's ``Task.cancel()`` included, reaches it.
+        - On demand elsewhere (trio: no task can be started outside a nursery) the flight is
+          ``inline``: the caller must run it with :meth:`_run_inline`, and the request is cut off
+          at that caller's ``deadline`` if it comes before ``retry.request_timeout``, so the
+          caller never waits past ``retry.timeout``.
+
+        In the first two cases ``deadline`` is ignored: waiters give up on their own.
         """
         assert self._flight is None
         if self._state is _Lifecycle.CLOSED:
             raise ManagerClosedError("this TokenManager is closed")
         ends_by = self._clock() + self._retry.request_timeout
-        by_caller = self._tg is None and deadline < ends_by
-        flight = _Flight(deadline if by_caller else ends_by, by_caller=by_caller)
+        loop = asyncio._get_running_loop() if self._tg is None else None
+        if self._tg is not None or loop is not None:
+            flight = _Flight(ends_by)
+        else:
+            by_caller = deadline < ends_by
+            flight = _Flight(deadline if by_caller else ends_by, by_caller=by_caller, inline=True)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
+        elif loop is not None:
+            task = loop.create_task(self._run_flight(flight), name="aioiam token request")
+            self._detached.add(task)  # a strong reference until it ends; asyncio keeps a weak one
+            task.add_done_callback(self._detached.discard)
         return flight
 
     async def _run_inline(self, flight: _Flight) -> None:
         # Shielded: cancelling this caller must not cancel the request others wait for. The
         # request is bounded by ``flight.ends_by``, so the delay to this caller's cancellation
-        # is bounded too. asyncio's own ``Task.cancel()`` (``wait_for``, ``asyncio.timeout``)
-        # goes through any shield; _run_flight then abandons the flight without failing it.
-        with anyio.CancelScope(shield=True):
-            await self._run_flight(flight)
+        # is bounded too. aclose() cancels the scope itself, which a shield does not stop.
+        with anyio.CancelScope(shield=True) as scope:
+            self._inline_scope = scope
+            try:
+                await self._run_flight(flight)
+            finally:
+                self._inline_scope = None
 
     async def _run_flight(self, flight: _Flight) -> None:
         """Run one flight to its end: fetch, record the outcome, and release every waiter.
@@ -804,4 +844,8 @@ class TokenManager(AsyncContextManagerMixin):
         self._flight = None
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+        for task in self._detached:
+            task.cancel()
+        if self._inline_scope is not None:
+            self._inline_scope.cancel()
         self._poke()

@@ -19,6 +19,7 @@ from aioiam import (
     IAMUnavailableError,
     InvalidCredentialsError,
     InvalidResponseError,
+    ManagerClosedError,
     RetryPolicy,
     TokenManager,
     TokenResponse,
@@ -219,9 +220,81 @@ async def test_asyncio_cancel_of_the_on_demand_caller_running_the_request_spares
     assert starter.cancelled()
     assert len(set(tokens)) == 1
     assert tokens[0] == fake.issued[-1]
-    assert fake.requests == 2
+    assert fake.requests == 1  # the request ran on in its own task
     assert not tm.closed
     await tm.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"loop_factory": new_virtual_loop})], ids=["asyncio"])
+async def test_on_demand_callers_with_asyncio_timeouts_shorter_than_iam_still_get_tokens() -> None:
+    # Every caller gives up (asyncio.wait_for) before IAM answers. The request outlives them, so
+    # the callers who come next find the token: no request is abandoned, none is repeated.
+    fake = FakeIAM(latency=0.5)
+    tm = make_manager(fake, clock=asyncio.get_running_loop().time)
+    got: list[str] = []
+    timeouts = 0
+
+    async def caller() -> None:
+        nonlocal timeouts
+        for _ in range(10):
+            try:
+                got.append(await asyncio.wait_for(tm.get_token(), 0.3))
+            except asyncio.TimeoutError:
+                timeouts += 1
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(caller() for _ in range(10)))
+    assert fake.requests == 1
+    assert timeouts == 10  # each caller's first call only
+    assert len(got) == 90
+    assert set(got) == {fake.issued[0]}
+    await tm.aclose()
+
+
+async def test_closing_releases_the_on_demand_caller_running_the_request_at_once() -> None:
+    fake = FakeIAM(latency=10)
+    tm = make_manager(fake)
+    outcomes: list[tuple[str, float]] = []
+
+    async def caller() -> None:
+        start = anyio.current_time()
+        try:
+            await tm.get_token()
+        except ManagerClosedError:
+            outcomes.append(("closed", anyio.current_time() - start))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(caller)  # the first runs the request (trio) or started its task (asyncio)
+        await anyio.sleep(1)
+        await tm.aclose()
+    assert [kind for kind, _ in outcomes] == ["closed"] * 3
+    assert all(waited == pytest.approx(1, abs=0.01) for _, waited in outcomes), outcomes
+
+
+def test_closing_a_running_manager_from_another_event_loop_says_what_to_do() -> None:
+    fake = FakeIAM()
+    tm = TokenManager(KEY, url="http://127.0.0.1:1", transport=fake.transport)
+    entered = threading.Event()
+    leave = threading.Event()
+
+    async def hold() -> None:
+        async with tm:
+            await tm.get_token()
+            entered.set()
+            await anyio.to_thread.run_sync(leave.wait)
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(RuntimeError, match="close it from that loop"):
+            asyncio.run(tm.aclose())
+        assert not tm.closed
+    finally:
+        leave.set()
+        thread.join(10)
+    assert tm.closed
 
 
 def test_a_running_manager_used_from_another_event_loop_says_what_to_do() -> None:
