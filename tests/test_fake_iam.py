@@ -81,3 +81,12 @@ async def test_errors_take_request_ids_but_not_token_serials() -> None:
     assert len(set(request_ids)) == len(request_ids), "request ids repeat"
     assert error_bodies_checked == 7  # the IAM-style JSON errors: 4 faults, 1 refused key, 2 while down
     assert all(rid.startswith("fake-") for rid in request_ids)
+
+
+@pytest.mark.anyio
+@pytest.mark.real_time
+async def test_an_error_inside_serve_reaches_the_caller_as_itself() -> None:
+    fake = FakeIAM()
+    with pytest.raises(LookupError, match="from the test body"):
+        async with fake.serve():
+            raise LookupError("from the test body")

@@ -339,6 +339,7 @@ async def serve(
         with contextlib.suppress(h11.RemoteProtocolError):
             await _serve_connection(stream, handler, host_header)
 
+    body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(listener.accept_forever, on_connection, tg)
@@ -346,12 +347,18 @@ async def serve(
                 switch._attach(listener)
             try:
                 yield address
+            except BaseException as exc:
+                # Re-raised below, outside the task group, so the caller sees their own
+                # exception and not an ExceptionGroup around it.
+                body_error = exc
             finally:
                 if switch is not None:
                     switch._detach(listener)
                 tg.cancel_scope.cancel()
     finally:
         listener.sock.close()
+    if body_error is not None:
+        raise body_error
 
 
 @contextlib.contextmanager
