@@ -167,9 +167,12 @@ async def run_demo(
     report.tokens_issued = len(fake.issued)
     out("")
     out(f"callers served            {report.calls:,}")
+    unanswered = report.iam_requests - report.tokens_issued - report.failed_attempts
     out(
         f"IAM requests              {report.iam_requests} ({report.tokens_issued} tokens, "
-        f"{report.failed_attempts} failed attempts during the outage)"
+        f"{report.failed_attempts} failed attempts during the outage"
+        + (f", {unanswered} still in flight at the end" if unanswered > 0 else "")
+        + ")"
     )
     out(f"first token               {report.first_token_wait * 1000:.1f} ms for all {workers:,} workers at once")
     out(f"longest wait after that   {report.longest_wait_after_first * 1000:.1f} ms")

@@ -642,10 +642,11 @@ class TokenManager(AsyncContextManagerMixin):
                 # is closing.
                 self._finish(flight, None, ManagerClosedError("the TokenManager was closed while fetching"))
             else:
-                # Only the caller who ran the request was cancelled (asyncio's Task.cancel() goes
-                # through shields). The request is abandoned, not failed: no backoff, and the
-                # other waiters go round again and one of them asks anew.
-                logger.debug("aioiam: the caller running a token request was cancelled; request abandoned")
+                # Cancelled while the manager is open: asyncio cancelling every task as its loop
+                # shuts down, or a native Task.cancel() (which goes through anyio's shields) of
+                # the caller running it. The request is abandoned, not failed: no backoff, and
+                # any waiters go round again and one of them asks anew.
+                logger.debug("aioiam: a token request was cancelled while the manager is open; request abandoned")
                 self._finish(flight, None, None)
             raise
         except Exception as exc:  # every waiter must get an IAMError, whatever broke
