@@ -437,25 +437,15 @@ class TokenManager(AsyncContextManagerMixin):
             # Keep the fast path in step: the token is on it only while fresh. From its refresh
             # time on, callers take the clock-checked path.
             self._hot = token if token is not None and now < token.refresh_at else None
-            at = next_attempt_at(token, self._not_before, now)
-            if self._gave_up(token, now):
-                # A refused key or an unusable answer, and no usable token to protect: asking
-                # again in the background would only re-send a key IAM refused. The next caller
-                # asks again (after the cooldown), or invalidate() / a new token wakes us.
-                at = math.inf
+            # After a refusal with no usable token left this is never: the next caller asks again
+            # (after the cooldown), and a new token or invalidate() wakes the refresher.
+            refused = self._last_error is not None and not isinstance(self._last_error, TransientIAMError)
+            at = next_attempt_at(token, self._not_before, now, refused=refused)
             if at > now:
                 await self._sleep_until(at)
                 continue
             flight = self._flight or self._start_flight()
             await flight.done.wait()
-
-    def _gave_up(self, token: Token | None, now: float) -> bool:
-        error = self._last_error
-        return (
-            error is not None
-            and not isinstance(error, TransientIAMError)
-            and token_state(token, now) is TokenState.UNUSABLE
-        )
 
     def _poke(self) -> None:
         """Wake everything sleeping in :meth:`_sleep_until` so it looks at the state again."""
@@ -525,12 +515,7 @@ class TokenManager(AsyncContextManagerMixin):
                 assert token is not None
                 if self._tg is None and self._flight is None and now >= self._not_before:
                     # On demand: this caller refreshes; concurrent callers keep the valid token.
-                    refresh = self._start_flight(deadline)
-                    if refresh.inline:
-                        await self._run_inline(refresh)
-                    else:
-                        with anyio.move_on_after(max(0.0, deadline - self._clock())):
-                            await refresh.done.wait()
+                    await self._wait_for(await self._launch(deadline), deadline)
                     continue
                 return token
 
@@ -545,16 +530,8 @@ class TokenManager(AsyncContextManagerMixin):
                 continue
             if now >= deadline:
                 raise self._unavailable(error)
-            flight = self._flight
-            if flight is None:
-                flight = self._start_flight(deadline)
-                if flight.inline:
-                    await self._run_inline(flight)
-            if flight.ends_by <= deadline:
-                await flight.done.wait()
-            else:
-                with anyio.move_on_after(max(0.0, deadline - self._clock())):
-                    await flight.done.wait()
+            flight = self._flight or await self._launch(deadline)
+            await self._wait_for(flight, deadline)
             if not flight.done.is_set():
                 raise self._unavailable(self._last_error, waited=True)
             fetched = flight.token
@@ -564,6 +541,25 @@ class TokenManager(AsyncContextManagerMixin):
                 return fetched
             if flight.error is not None and not isinstance(flight.error, TransientIAMError):
                 raise flight.error._fresh_copy()
+
+    async def _launch(self, deadline: float) -> _Flight:
+        """Start a flight for a caller with this ``deadline``; run it here if it is inline."""
+        flight = self._start_flight(deadline)
+        if flight.inline:
+            await self._run_inline(flight)
+        return flight
+
+    async def _wait_for(self, flight: _Flight, deadline: float) -> None:
+        """Wait until ``flight`` ends or ``deadline`` passes, whichever comes first.
+
+        A flight that ends before the deadline needs no timeout of its own: with a hundred
+        thousand waiters, a cancel scope each is most of the cost of waking them.
+        """
+        if flight.ends_by <= deadline:
+            await flight.done.wait()
+        else:
+            with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                await flight.done.wait()
 
     def _unavailable(self, cause: IAMError | None, *, waited: bool = False) -> IAMUnavailableError:
         if waited:

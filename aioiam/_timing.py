@@ -253,17 +253,22 @@ def backoff_delay(
     return delay
 
 
-def next_attempt_at(token: Token | None, not_before: float, now: float) -> float:
+def next_attempt_at(token: Token | None, not_before: float, now: float, *, refused: bool = False) -> float:
     """When the background refresher should next ask IAM.
 
     Args:
         token: The current token, if any.
         not_before: The end of the current backoff (``-inf`` when nothing failed).
         now: The current monotonic time.
+        refused: The last attempt failed in a way that asking again will not fix by itself
+            (refused credentials, an unusable answer).
 
     Returns:
         ``token.refresh_at`` for a token that is still fresh, otherwise now; never before
-        ``not_before``.
+        ``not_before``. ``inf`` (never, until something changes) after a refusal when no usable
+        token is left to protect: re-sending a refused key in the background helps nobody.
     """
+    if refused and token_state(token, now) is TokenState.UNUSABLE:
+        return math.inf
     due = token.refresh_at if token is not None and now < token.refresh_at else now
     return max(due, not_before)

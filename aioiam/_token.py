@@ -173,7 +173,23 @@ def decode_jwt_claims(token: str) -> Mapping[str, Any]:
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
+    """A finite ``int`` or ``float`` (``bool`` excluded)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bearer_problem(access_token: object, token_type: object) -> str | None:
+    """What is wrong with an answer's ``access_token`` and ``token_type``, naming the field only.
+
+    The token must be a non-empty string that can go in a header; the type must be ``Bearer``
+    (any case). Shared by IAM's answers and custom sources' answers.
+    """
+    if not isinstance(access_token, str) or not access_token.strip():
+        return "'access_token' is missing or not a non-empty string"
+    if any(c.isspace() for c in access_token) or not access_token.isprintable():
+        return "'access_token' contains characters not allowed in a header"
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        return "'token_type' is not 'Bearer'"
+    return None
 
 
 def parse_token_response(
@@ -214,17 +230,13 @@ def parse_token_response(
         raise invalid("the body is not a JSON object")
 
     access_token = data.get("access_token")
-    if not isinstance(access_token, str) or not access_token.strip():
-        raise invalid("'access_token' is missing or not a non-empty string")
-    if any(c.isspace() for c in access_token) or not access_token.isprintable():
-        raise invalid("'access_token' contains characters not allowed in a header")
-
-    token_type = data.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise invalid("'token_type' is not 'Bearer'")
+    problem = _bearer_problem(access_token, data.get("token_type", "Bearer"))
+    if problem is not None:
+        raise invalid(problem)
+    assert isinstance(access_token, str)
 
     expires_in = data.get("expires_in")
-    if not _is_number(expires_in) or not math.isfinite(expires_in):
+    if not _is_number(expires_in):
         raise invalid("'expires_in' is missing or not a number")
     if expires_in <= 0:
         raise invalid("'expires_in' is not positive")
@@ -267,15 +279,11 @@ def token_response_problem(response: TokenResponse) -> str | None:
     ``Bearer`` ``token_type``, a finite ``expires_in`` in ``(0, MAX_EXPIRES_IN]``. The reason names
     the field, never its value. Does not decode or verify the token.
     """
-    token = response.access_token
-    if not isinstance(token, str) or not token.strip():
-        return "'access_token' is missing or not a non-empty string"
-    if any(c.isspace() for c in token) or not token.isprintable():
-        return "'access_token' contains characters not allowed in a header"
-    if not isinstance(response.token_type, str) or response.token_type.lower() != "bearer":
-        return "'token_type' is not 'Bearer'"
+    problem = _bearer_problem(response.access_token, response.token_type)
+    if problem is not None:
+        return problem
     expires_in = response.expires_in
-    if not _is_number(expires_in) or not math.isfinite(expires_in):
+    if not _is_number(expires_in):
         return "'expires_in' is missing or not a number"
     if not 0 < expires_in <= MAX_EXPIRES_IN:
         return f"'expires_in' is not in (0, {MAX_EXPIRES_IN}] seconds"

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 import httpx
@@ -48,10 +48,9 @@ class _BrokenSource:
         return self.answer  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("background", [True, False], ids=["background", "on_demand"])
-async def test_a_source_returning_the_wrong_type_gives_every_waiter_invalid_response(background: bool) -> None:
-    source = _BrokenSource({"access_token": "x"})
-    tm = TokenManager(source=source, clock=anyio.current_time)
+async def _invalid_response_errors(tm: TokenManager, callers: int, *, background: bool) -> list[BaseException]:
+    """Run ``callers`` concurrent ``get_token()`` calls (inside ``async with`` if ``background``);
+    the ``InvalidResponseError`` each of them got. Any other outcome fails the test."""
     errors: list[BaseException] = []
 
     async def caller() -> None:
@@ -64,8 +63,16 @@ async def test_a_source_returning_the_wrong_type_gives_every_waiter_invalid_resp
         if background:
             await stack.enter_async_context(tm)
         async with anyio.create_task_group() as tg:
-            for _ in range(20):
+            for _ in range(callers):
                 tg.start_soon(caller)
+    return errors
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "on_demand"])
+async def test_a_source_returning_the_wrong_type_gives_every_waiter_invalid_response(background: bool) -> None:
+    source = _BrokenSource({"access_token": "x"})
+    tm = TokenManager(source=source, clock=anyio.current_time)
+    errors = await _invalid_response_errors(tm, 20, background=background)
     assert len(errors) == 20
     assert "returned dict, not an aioiam.TokenResponse" in str(errors[0])
     assert source.calls == 1
@@ -82,21 +89,8 @@ async def test_a_bug_after_the_answer_never_leaves_waiters_hanging(
     monkeypatch.setattr(aioiam._manager, "schedule", broken_schedule)
     fake = FakeIAM(latency=0.05)
     tm = make_manager(fake)
-    errors: list[BaseException] = []
-
-    async def caller() -> None:
-        try:
-            await tm.get_token()
-        except InvalidResponseError as exc:
-            errors.append(exc)
-
     with anyio.fail_after(5):  # a hang fails the test instead of stalling the suite
-        async with contextlib.AsyncExitStack() as stack:
-            if background:
-                await stack.enter_async_context(tm)
-            async with anyio.create_task_group() as tg:
-                for _ in range(10):
-                    tg.start_soon(caller)
+        errors = await _invalid_response_errors(tm, 10, background=background)
     assert len(errors) == 10
     assert "ZeroDivisionError" in str(errors[0])
     assert tm._flight is None
@@ -272,15 +266,22 @@ async def test_closing_releases_the_on_demand_caller_running_the_request_at_once
     assert all(waited == pytest.approx(1, abs=0.01) for _, waited in outcomes), outcomes
 
 
-def test_closing_a_running_manager_from_another_event_loop_says_what_to_do() -> None:
-    fake = FakeIAM()
-    tm = TokenManager(KEY, url="http://127.0.0.1:1", transport=fake.transport)
+@contextlib.contextmanager
+def _running_in_another_thread(
+    tm: TokenManager, after_first_token: Callable[[], None] = lambda: None
+) -> Iterator[None]:
+    """Hold ``tm`` inside ``async with`` on an asyncio loop in another thread, for the block.
+
+    The manager gets its first token there, ``after_first_token`` runs on that loop, then the
+    block runs; leaving it lets the other loop leave ``async with`` (closing the manager).
+    """
     entered = threading.Event()
     leave = threading.Event()
 
     async def hold() -> None:
         async with tm:
             await tm.get_token()
+            after_first_token()
             entered.set()
             await anyio.to_thread.run_sync(leave.wait)
 
@@ -288,38 +289,32 @@ def test_closing_a_running_manager_from_another_event_loop_says_what_to_do() -> 
     thread.start()
     try:
         assert entered.wait(10)
-        with pytest.raises(RuntimeError, match="close it from that loop"):
-            asyncio.run(tm.aclose())
-        assert not tm.closed
+        yield
     finally:
         leave.set()
         thread.join(10)
+
+
+def test_closing_a_running_manager_from_another_event_loop_says_what_to_do() -> None:
+    fake = FakeIAM()
+    tm = TokenManager(KEY, url="http://127.0.0.1:1", transport=fake.transport)
+    with _running_in_another_thread(tm):
+        with pytest.raises(RuntimeError, match="close it from that loop"):
+            asyncio.run(tm.aclose())
+        assert not tm.closed
     assert tm.closed
 
 
 def test_a_running_manager_used_from_another_event_loop_says_what_to_do() -> None:
     fake = FakeIAM()
     tm = TokenManager(KEY, url="http://127.0.0.1:1", transport=fake.transport)
-    entered = threading.Event()
-    leave = threading.Event()
 
-    async def hold() -> None:
-        async with tm:
-            await tm.get_token()
-            fake.down = True  # no new token comes: the next caller takes the slow path
-            tm.invalidate(tm.token.access_token)  # type: ignore[union-attr]
-            entered.set()
-            await anyio.to_thread.run_sync(leave.wait)
+    def no_token_left() -> None:
+        fake.down = True  # no new token comes: the next caller takes the slow path
+        tm.invalidate(tm.token.access_token)  # type: ignore[union-attr]
 
-    thread = threading.Thread(target=asyncio.run, args=(hold(),))
-    thread.start()
-    try:
-        assert entered.wait(10)
-        with pytest.raises(RuntimeError, match="another event loop"):
-            asyncio.run(tm.get_token())
-    finally:
-        leave.set()
-        thread.join(10)
+    with _running_in_another_thread(tm, no_token_left), pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(tm.get_token())
 
 
 async def test_a_caller_always_gets_one_attempt_however_short_its_timeout() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -112,6 +113,13 @@ def test_next_attempt_waits_for_refresh_time_and_backoff() -> None:
     assert next_attempt_at(token, float("-inf"), 85.0) == 85.0
     assert next_attempt_at(token, 95.0, 85.0) == 95.0
     assert next_attempt_at(None, float("-inf"), 3.0) == 3.0
+
+
+def test_after_a_refusal_the_refresher_asks_again_only_while_a_usable_token_is_held() -> None:
+    token = schedule(response(100), 0.0, RefreshPolicy(jitter_fraction=0), u=0.0)  # stale at 90
+    assert next_attempt_at(token, 88.0, 85.0, refused=True) == 88.0  # still usable: keep trying
+    assert next_attempt_at(token, 95.0, 90.0, refused=True) == math.inf  # stale: stop
+    assert next_attempt_at(None, 5.0, 3.0, refused=True) == math.inf
 
 
 def test_durations_accept_timedelta_and_reject_nonsense() -> None:
