@@ -14,7 +14,7 @@ import httpx
 
 from ._hooks import logger
 from ._manager import TokenManager
-from ._sources import is_loopback_host
+from ._urls import is_loopback_host
 
 __all__ = ["DEFAULT_ALLOWED_HOSTS", "IAMAuth", "host_allowed"]
 

@@ -17,7 +17,6 @@ stored here, and no exception keeps the request (whose body holds the API key).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 __all__ = [
     "IAMError",
@@ -26,6 +25,7 @@ __all__ = [
     "InvalidResponseError",
     "ManagerClosedError",
     "TransientIAMError",
+    "fresh_copy",
 ]
 
 
@@ -70,30 +70,17 @@ class IAMError(Exception):
         # Keyword-only attributes survive pickling and copying.
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
-    def _fresh_copy(self) -> IAMError:
-        """A copy to raise in another task, so tracebacks of different callers don't pile up."""
-        clone = copy.copy(self)
-        clone.__cause__ = self.__cause__
-        clone.__suppress_context__ = True
-        return clone
 
-    def _scrubbed(self, scrub: Callable[[str], str]) -> IAMError:
-        """This error with ``scrub`` applied to its message and every text attribute.
+def fresh_copy(error: IAMError) -> IAMError:
+    """A copy of ``error`` to raise in another task, so tracebacks of different callers don't pile up.
 
-        ``self`` when nothing changes. The copy keeps ``__cause__`` only if the cause's text is
-        unchanged by ``scrub`` too. Does not look inside ``cause`` of an ``IAMUnavailableError``.
-        """
-        state = {name: scrub(value) if isinstance(value, str) else value for name, value in self.__dict__.items()}
-        message = scrub(self.message)
-        cause = self.__cause__
-        cause_clean = cause is None or scrub(str(cause)) == str(cause)
-        if message == self.message and state == self.__dict__ and cause_clean:
-            return self
-        state["message"] = message
-        clean = _rebuild(type(self), message, state)
-        clean.__cause__ = cause if cause_clean else None
-        clean.__suppress_context__ = True
-        return clean
+    The copy keeps the cause and every attribute; it does not scrub anything (see
+    ``_redaction.scrub_error`` for that).
+    """
+    clone = copy.copy(error)
+    clone.__cause__ = error.__cause__
+    clone.__suppress_context__ = True
+    return clone
 
 
 def _rebuild(cls: type[IAMError], message: str, state: dict[str, object]) -> IAMError:

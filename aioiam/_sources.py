@@ -8,36 +8,34 @@ grants (trusted profiles, VPC metadata) plug in here as further sources.
 from __future__ import annotations
 
 import base64
-import ipaddress
-from collections.abc import AsyncIterator, Iterable, Sequence
+import ssl
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 import httpx
 
-from ._token import (
-    Redactor,
-    TokenResponse,
-    clip,
-    parse_error_response,
-    parse_retry_after,
-    parse_token_response,
-    redactable,
-    scrub,
-)
+from ._hooks import logger
+from ._redaction import Redactor, clip, redactable, scrub
+from ._token import TokenResponse, parse_error_response, parse_retry_after, parse_token_response
+from ._urls import token_endpoint
 from ._version import __version__
 
 __all__ = [
+    "APIKEY_GRANT",
     "USER_AGENT",
     "ApiKeySource",
     "TokenSource",
-    "is_loopback_host",
-    "token_endpoint",
+    "check_credential",
+    "read_iam_answer",
+    "unverified_tls",
 ]
 
 USER_AGENT = f"aioiam/{__version__}"
 APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
-_TOKEN_PATH = "/identity/token"
+#: First or last characters no IBM Cloud credential has: a pasted placeholder (``<your-apikey>``,
+#: ``{apikey}``) or a value copied with its quotes (``"abc..."``) from a file or a shell.
+_WRAPPERS = "{}<>\"'"
 
 
 @runtime_checkable
@@ -61,77 +59,6 @@ class TokenSource(Protocol):
             httpx.TransportError: The request did not complete.
         """
         ...
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ``::1``).
-
-    ``localhost`` may end with a dot (``localhost.``); brackets around an IPv6 address and case are
-    ignored. Subdomains such as ``app.localhost`` are not loopback here: many resolvers send them
-    to DNS, where they can point anywhere. No name is resolved.
-    """
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_URL_EXAMPLE = "such as 'https://iam.cloud.ibm.com'"
-
-
-def token_endpoint(url: str, *, secrets: Iterable[str] = ()) -> str:
-    """The token endpoint for an IAM base URL.
-
-    ``/identity/token`` is appended; a URL that already ends with it (and a trailing slash) is
-    accepted. Does not resolve or contact the host.
-
-    Args:
-        url: IAM's base URL.
-        secrets: The API key and client secret (in every spelling sent). A URL that contains one
-            is refused, and no message quotes one.
-
-    Raises:
-        TypeError: The URL is not a string.
-        ValueError: The URL is blank, not absolute, contains one of ``secrets``, carries
-            credentials, a query or a fragment, or uses plain http for a host that is not loopback.
-            The message quotes the URL only when it has a scheme and a host, and never with a
-            query, a fragment, credentials or a secret in it: a string that is not even URL-shaped
-            may be a key passed in the wrong place.
-    """
-    if not isinstance(url, str):
-        raise TypeError(f"url must be a str {_URL_EXAMPLE}, not {type(url).__name__}")
-    url = url.strip()
-    if not url:
-        raise ValueError(f"url must be a non-empty string {_URL_EXAMPLE}")
-    if scrub(url, secrets) != url:
-        raise ValueError(
-            f"url contains the API key or the client secret; pass IAM's base URL {_URL_EXAMPLE} "
-            "(are two arguments swapped?)"
-        )
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        detail = f": {scrub(str(exc), secrets)}" if "://" in url else ""
-        raise ValueError(f"url is not a valid URL{detail}") from None
-    if parsed.userinfo:
-        raise ValueError("url must not carry a user name or password")
-    if parsed.query or parsed.fragment:
-        raise ValueError(f"url must not have a query or fragment; pass IAM's base URL {_URL_EXAMPLE}")
-    if parsed.scheme and parsed.host:
-        shown = f", got {url!r}"
-    else:
-        shown = " (the value is not shown: it has no scheme or host, so it may be a key passed as url)"
-    if parsed.scheme not in ("https", "http") or not parsed.host:
-        raise ValueError(f"url must be an absolute https URL {_URL_EXAMPLE}{shown}")
-    if parsed.scheme == "http" and not is_loopback_host(parsed.host):
-        raise ValueError(f"url must use https (plain http is allowed only for localhost and loopback addresses){shown}")
-    path = parsed.path.rstrip("/")
-    if path.endswith(_TOKEN_PATH):
-        path = path[: -len(_TOKEN_PATH)]
-    return str(parsed.copy_with(path=path + _TOKEN_PATH))
 
 
 def _request_id(headers: httpx.Headers) -> str | None:
@@ -166,6 +93,19 @@ async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redacto
     )
 
 
+def unverified_tls(response: httpx.Response) -> bool:
+    """Whether ``response`` came over a TLS connection whose certificate was not verified.
+
+    Reads httpx's public ``network_stream`` response extension. ``False`` when that cannot be
+    told: plain http (loopback), or a transport that is not a network (a mock, an emulator).
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return False
+    context = getattr(stream.get_extra_info("ssl_object"), "context", None)
+    return isinstance(context, ssl.SSLContext) and context.verify_mode == ssl.CERT_NONE
+
+
 class _FormBody(httpx.AsyncByteStream):
     """A request body sent as one chunk, iterated without an async generator.
 
@@ -197,11 +137,30 @@ class _OneChunk:
         return body
 
 
-def _check_str(name: str, value: object) -> None:
-    """Raise ``TypeError`` naming ``name`` (never quoting the value) unless ``value`` is a ``str``."""
+def check_credential(name: str, value: object) -> str:
+    """``value`` stripped of surrounding white space, if it can be a credential called ``name``.
+
+    Checks the type and the shape only; whether IAM accepts it is IAM's business. No message
+    quotes the value.
+
+    Raises:
+        TypeError: ``value`` is not a ``str`` (``bytes`` gets a hint to decode it).
+        ValueError: ``value`` is blank, or starts or ends with a brace, an angle bracket or a
+            quote: a placeholder pasted from documentation, or a value copied with its quotes.
+    """
     if not isinstance(value, str):
         hint = " (decode it first)" if isinstance(value, (bytes, bytearray)) else ""
         raise TypeError(f"{name} must be a str, not {type(value).__name__}{hint}")
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{name} is blank")
+    if value[0] in _WRAPPERS or value[-1] in _WRAPPERS:
+        raise ValueError(
+            f"{name} starts or ends with a brace, angle bracket or quote: it looks like a placeholder "
+            "(such as '<your-apikey>' or '{apikey}') or a quoted value; pass the credential itself, "
+            "without quotes"
+        )
+    return value
 
 
 class ApiKeySource:
@@ -218,11 +177,13 @@ class ApiKeySource:
     Raises:
         TypeError: ``api_key``, ``url``, ``client_id``, ``client_secret`` or ``scope`` is not a
             string (``None`` is allowed for the last three).
-        ValueError: A missing or blank key, a key that looks like a URL, only one of the client id
-            and secret, or a bad URL (see :func:`token_endpoint`). No message quotes a secret.
+        ValueError: A missing or blank key, a key that looks like a URL or like a placeholder or
+            quoted value (see :func:`check_credential`), only one of the client id and secret, or a
+            bad URL, including one that contains the key or the client secret in any letter case
+            (see ``token_endpoint``). No message quotes a secret.
     """
 
-    __slots__ = ("_api_key", "_authorization", "_form", "_secrets", "endpoint")
+    __slots__ = ("_api_key", "_authorization", "_form", "_secrets", "_warned_unverified", "endpoint")
 
     def __init__(
         self,
@@ -235,17 +196,20 @@ class ApiKeySource:
     ) -> None:
         if api_key is None:
             raise ValueError("api_key is missing; pass the IBM Cloud API key")
-        _check_str("api_key", api_key)
-        for name, value in (("client_id", client_id), ("client_secret", client_secret), ("scope", scope)):
-            if value is not None:
-                _check_str(name, value)
-        if not api_key.strip():
+        if isinstance(api_key, str) and not api_key.strip():
             raise ValueError("api_key is blank; pass the IBM Cloud API key")
-        if api_key.strip().lower().startswith(("https://", "http://")):
+        api_key = check_credential("api_key", api_key)
+        if api_key.lower().startswith(("https://", "http://")):
             raise ValueError("api_key looks like a URL; pass the key first and the URL as url=")
+        if scope is not None and not isinstance(scope, str):
+            raise TypeError(f"scope must be a str, not {type(scope).__name__}")
         if (client_id is None) != (client_secret is None) or client_id == "" or client_secret == "":
             raise ValueError("client_id and client_secret go together: pass both or neither")
-        self._api_key = api_key.strip()
+        if client_id is not None and client_secret is not None:
+            client_id = check_credential("client_id", client_id)
+            client_secret = check_credential("client_secret", client_secret)
+        self._api_key = api_key
+        self._warned_unverified = False
         secrets = [self._api_key, quote_plus(self._api_key)]
         self._authorization: str | None = None
         if client_id is not None and client_secret is not None:
@@ -291,6 +255,12 @@ class ApiKeySource:
     async def fetch(self, client: httpx.AsyncClient) -> TokenResponse:
         """Send one token request and read the answer. No retry, no timing."""
         response = await client.send(self.build_request(client), auth=None, follow_redirects=False)
+        if not self._warned_unverified and unverified_tls(response):
+            self._warned_unverified = True
+            logger.warning(
+                "aioiam: IAM's TLS certificate was not verified (verify=False, or an http_client that does "
+                "not verify); anyone on the path can read the API key. Use this only against a local emulator."
+            )
         try:
             return await read_iam_answer(response, url=self.endpoint, redact=self._redact)
         finally:

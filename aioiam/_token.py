@@ -12,7 +12,7 @@ import binascii
 import email.utils
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeGuard
@@ -23,18 +23,17 @@ from ._exceptions import (
     InvalidResponseError,
     TransientIAMError,
 )
+from ._redaction import Redactor, clip, no_redaction
 
 __all__ = [
     "MAX_EXPIRES_IN",
-    "MIN_REDACTABLE_LENGTH",
     "Token",
     "TokenResponse",
     "decode_jwt_claims",
     "parse_error_response",
     "parse_retry_after",
     "parse_token_response",
-    "redactable",
-    "scrub",
+    "token_response_problem",
 ]
 
 #: The longest lifetime accepted from IAM, in seconds. IAM documents at most one hour; a day leaves
@@ -42,40 +41,6 @@ __all__ = [
 MAX_EXPIRES_IN = 86_400
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-Redactor = Callable[[str], str]
-
-#: Secrets shorter than this are not scrubbed from text: replacing a string of a few characters
-#: wherever it occurs mangles unrelated words (a key ``"e"`` turns ``"fake-1"`` into
-#: ``"fak[redacted]-1"``) and hides nothing. Real IBM Cloud API keys are 44 characters.
-MIN_REDACTABLE_LENGTH = 8
-
-
-def redactable(secrets: Iterable[str]) -> tuple[str, ...]:
-    """The secrets worth scrubbing, longest first, without duplicates.
-
-    Drops strings shorter than :data:`MIN_REDACTABLE_LENGTH` (they cannot be scrubbed without
-    mangling unrelated text) and non-strings. Longest first, so a secret that contains another is
-    scrubbed whole. Does not look at any text.
-    """
-    kept = {s for s in secrets if isinstance(s, str) and len(s) >= MIN_REDACTABLE_LENGTH}
-    return tuple(sorted(kept, key=lambda s: (-len(s), s)))
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of each redactable secret replaced by ``[redacted]``.
-
-    Only secrets of at least :data:`MIN_REDACTABLE_LENGTH` characters are replaced (see
-    :func:`redactable`); shorter ones are left in place. Exact, case-sensitive matching: a secret
-    spelled differently (other encodings than the ones listed) is not found.
-    """
-    for secret in redactable(secrets):
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
-def _no_redaction(text: str) -> str:
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +283,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
-def clip(text: str, limit: int = 300) -> str:
-    """``text`` on one line (runs of whitespace made one space), cut to ``limit`` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def parse_error_response(
     status_code: int,
     body: bytes,
@@ -331,7 +290,7 @@ def parse_error_response(
     request_id: str | None = None,
     retry_after: float | None = None,
     url: str = "",
-    redact: Redactor = _no_redaction,
+    redact: Redactor = no_redaction,
 ) -> IAMError:
     """Turn a non-200 answer into the matching error. Does not raise it.
 

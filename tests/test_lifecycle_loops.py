@@ -60,11 +60,42 @@ def test_tls_verification_is_on_by_default(caplog: pytest.LogCaptureFixture) -> 
     assert context.verify_mode == ssl.CERT_REQUIRED
 
 
-def test_unverified_client_passed_in_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    client = httpx.AsyncClient(verify=False)  # noqa: S501 - the point of the test
+class _TLSStream:
+    """What httpx's ``network_stream`` extension offers, for a TLS connection made with ``context``."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def get_extra_info(self, name: str) -> object:
+        return self if name == "ssl_object" else None
+
+
+@pytest.mark.parametrize("verifying", [True, False])
+def test_a_token_fetched_over_unverified_tls_is_warned_about_once(
+    caplog: pytest.LogCaptureFixture, verifying: bool
+) -> None:
+    """A client passed in is opaque until it talks: the first answer over TLS tells whether it verified."""
+    context = ssl.create_default_context()
+    if not verifying:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"access_token": "a.b.c", "token_type": "Bearer", "expires_in": 3600}
+        return httpx.Response(200, json=body, extensions={"network_stream": _TLSStream(context)})
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            tm = TokenManager("test-api-key", http_client=client)
+            await tm.get_token()
+            tm.invalidate(await tm.get_token())
+            await tm.get_token()
+            await tm.aclose()
+
     with caplog.at_level(logging.WARNING, logger="aioiam"):
-        TokenManager("k", http_client=client)
-    assert any("does not verify" in r.getMessage() for r in caplog.records)
+        asyncio.run(main())
+    warnings = [r for r in caplog.records if "not verified" in r.getMessage()]
+    assert len(warnings) == (0 if verifying else 1)
 
 
 def test_verify_with_a_client_passed_in_is_an_error() -> None:

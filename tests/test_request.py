@@ -12,7 +12,8 @@ import pytest
 import respx
 
 from aioiam import InvalidResponseError, TokenManager, __version__
-from aioiam._sources import ApiKeySource, is_loopback_host, token_endpoint
+from aioiam._sources import ApiKeySource
+from aioiam._urls import is_loopback_host, token_endpoint
 from aioiam.testing import FakeIAM
 
 pytestmark = pytest.mark.anyio

@@ -132,7 +132,7 @@ async def test_short_keys_do_not_mangle_network_errors() -> None:
 
 def test_only_secrets_long_enough_to_scrub_are_listed() -> None:
     from aioiam import ApiKeySource
-    from aioiam._token import MIN_REDACTABLE_LENGTH, scrub
+    from aioiam._redaction import MIN_REDACTABLE_LENGTH, scrub
 
     assert MIN_REDACTABLE_LENGTH == 8
     assert ApiKeySource("fake-1").secrets == ()

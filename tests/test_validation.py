@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from aioiam import ApiKeySource, FetchAttempt, IAMAuth, RefreshPolicy, RetryPolicy, TokenManager
-from aioiam._sources import is_loopback_host, token_endpoint
+from aioiam._urls import is_loopback_host, token_endpoint
 from tests.helpers import Recorder
 
 KEY = "SECRETkeySECRETkeySECRETkeySECRETkey-0123_"  # 44 characters, like a real IBM Cloud API key

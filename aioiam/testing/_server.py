@@ -28,7 +28,7 @@ import h11
 import httpx
 from anyio.abc import SocketStream, TaskGroup
 
-from .._sources import is_loopback_host
+from .._urls import is_loopback_host
 
 __all__ = ["DropConnection", "ListenSwitch", "ServerAddress", "serve", "serve_in_thread"]
 

@@ -1,0 +1,108 @@
+"""What differs between event loops, in one place: which loop is running, starting a task that
+outlives its caller, and the latch a flight's waiters wait on.
+
+The backend is detected once per binding, through sniffio (:func:`detect`); after that,
+:meth:`Backend.same_loop` tells with one cheap public call whether a caller is still on the loop
+the manager is bound to. Only asyncio and trio are supported (anyio's two backends).
+
+Everything else in aioiam is written against anyio and does not know which loop it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import anyio
+import sniffio
+
+__all__ = ["Backend", "Latch", "detect"]
+
+
+class Latch(Protocol):
+    """A one-shot event: ``set()`` once, ``is_set()``, ``await wait()`` (``anyio.Event``)."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+class Backend:
+    """The event loop a manager is bound to, and how to do on it what anyio cannot.
+
+    Not thread-safe, like the manager. Methods must be called from inside the loop, except
+    :meth:`same_loop`, which may be called from anywhere that runs an event loop.
+    """
+
+    __slots__ = ("_tasks", "loop", "name")
+
+    def __init__(self, name: str, loop: object) -> None:
+        #: ``"asyncio"`` or ``"trio"``.
+        self.name = name
+        #: The running loop (asyncio) or the run's token (trio): its identity names the loop.
+        self.loop = loop
+        # asyncio keeps only weak references to tasks; these are the strong ones.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name}>"
+
+    def same_loop(self) -> bool:
+        """Whether the calling task runs on this backend's loop. One public call, no detection."""
+        try:
+            if self.name == "asyncio":
+                return asyncio.get_running_loop() is self.loop
+            import trio
+
+            return trio.lowlevel.current_trio_token() is self.loop
+        except RuntimeError:  # no loop of that kind is running here: another backend's
+            return False
+
+    def new_latch(self) -> Latch:
+        """A fresh one-shot event whose ``set()`` releases every waiter in one pass of the loop."""
+        return anyio.Event()
+
+    def spawn(self, function: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``function()`` in a new task that belongs to no caller's task group.
+
+        For work a caller starts but must not own: cancelling the caller does not cancel it, and
+        the caller does not wait for it. On asyncio it is a task of the loop; on trio, a system
+        task (trio cancels those when the run ends). ``function`` must not raise: on trio an
+        exception from a system task ends the whole run. Cancel it through a cancel scope it
+        holds; this does not track it beyond keeping it alive.
+        """
+        if self.name == "asyncio":
+            task = asyncio.get_running_loop().create_task(_call(function), name=name)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(_call, function, name=name, context=contextvars.copy_context())
+
+
+async def _call(function: Callable[[], Awaitable[None]]) -> None:
+    await function()
+
+
+def detect() -> Backend:
+    """The backend of the running event loop.
+
+    Raises:
+        RuntimeError: Not called from a running asyncio or trio event loop.
+    """
+    try:
+        name = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        raise RuntimeError("aioiam must be used from a running asyncio or trio event loop") from None
+    if name == "asyncio":
+        return Backend(name, asyncio.get_running_loop())
+    if name == "trio":
+        import trio
+
+        return Backend(name, trio.lowlevel.current_trio_token())
+    raise RuntimeError(f"aioiam runs on asyncio and trio, not on {name}")

@@ -1,0 +1,115 @@
+"""The per-loop parts: one-pass release of a flight's waiters, same-loop checks, detached tasks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from aioiam._backend import detect
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize("n", [1, 100, 5_000])
+async def test_every_waiter_is_released_within_two_passes_at_any_n(n: int) -> None:
+    """However many wait, set() releases them all in a fixed number of event-loop passes.
+
+    Released waiters keep working (one checkpoint per step, as a crawler worker does): a latch that
+    released a few per pass would make them share every pass with those still waiting.
+    """
+    latch = detect().new_latch()
+    released = 0
+    stop = False
+
+    async def worker() -> None:
+        nonlocal released
+        await latch.wait()
+        released += 1
+        while not stop:
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(worker)
+        await anyio.sleep(0.01)  # every worker is waiting now
+        assert released == 0
+        latch.set()
+        for _ in range(2):  # trio may run the setter before the waiters within one batch
+            await anyio.lowlevel.checkpoint()
+        assert released == n
+        stop = True
+    assert latch.is_set()
+
+
+async def test_waiting_on_a_set_latch_is_a_checkpoint_and_returns() -> None:
+    latch = detect().new_latch()
+    latch.set()
+    latch.set()  # idempotent
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await latch.wait()  # a checkpoint: the cancellation is delivered here
+    assert scope.cancelled_caught
+
+
+async def test_same_loop_is_true_here_and_false_on_another_loop(anyio_backend_name: str) -> None:
+    backend = detect()
+    assert backend.name == anyio_backend_name
+    assert backend.same_loop()
+    assert repr(backend) == f"<Backend {anyio_backend_name}>"
+    other_name = "trio" if anyio_backend_name == "asyncio" else "asyncio"
+    seen: list[bool] = []
+
+    async def elsewhere() -> None:
+        seen.append(backend.same_loop())
+        seen.append(detect().same_loop())
+
+    await anyio.to_thread.run_sync(lambda: anyio.run(elsewhere, backend=other_name))
+    assert seen == [False, True]
+
+
+async def test_spawned_task_outlives_a_cancelled_caller_and_stops_with_its_scope() -> None:
+    backend = detect()
+    scope = anyio.CancelScope()
+    started, finished = anyio.Event(), anyio.Event()
+    steps = 0
+
+    async def work() -> None:
+        nonlocal steps
+        try:
+            with scope:
+                started.set()
+                while True:
+                    steps += 1
+                    await anyio.sleep(1)
+        finally:
+            finished.set()
+
+    with anyio.CancelScope() as caller:
+        backend.spawn(work, name="test work")
+        caller.cancel()
+        await anyio.sleep(0)  # the caller is cancelled; the spawned task is not its child
+    await started.wait()
+    await anyio.sleep(2.5)
+    assert not finished.is_set()
+    assert steps >= 2
+    scope.cancel()
+    await finished.wait()
+
+
+def test_detect_outside_a_loop_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="running asyncio or trio event loop"):
+        detect()
+
+
+def test_detect_names_an_unsupported_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sniffio
+
+    async def main() -> None:
+        monkeypatch.setattr(sniffio, "current_async_library", lambda: "curio")
+        with pytest.raises(RuntimeError, match="not on curio"):
+            detect()
+
+    asyncio.run(main())
