@@ -90,7 +90,7 @@ async def test_spawned_task_outlives_a_cancelled_caller_and_stops_with_its_scope
     with anyio.CancelScope() as caller:
         backend.spawn(work, name="test work")
         caller.cancel()
-        await anyio.sleep(0)  # the caller is cancelled; the spawned task is not its child
+        await anyio.lowlevel.checkpoint()  # the caller is cancelled; the spawned task is not its child
     await started.wait()
     await anyio.sleep(2.5)
     assert not finished.is_set()
