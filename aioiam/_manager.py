@@ -330,17 +330,16 @@ class TokenManager(AsyncContextManagerMixin):
                 waited = None
             else:
                 flight = self._flight or self._start_flight()
-                await self._wait_for(flight, deadline)
+                if flight.ends_by <= deadline:
+                    await flight.done.wait()  # it ends in time: no cancel scope needed
+                else:
+                    with anyio.move_on_after(max(0.0, deadline - self._clock())):
+                        await flight.done.wait()
+                token = flight.token
+                if token is not None and token is self._token and self._clock() < token.refresh_at:
+                    return token  # fresh: what caller_step would say, without building a step
                 waited = flight.error
             now = self._clock()
-
-    async def _wait_for(self, flight: Flight, deadline: float) -> None:
-        """Wait until ``flight`` ends or ``deadline`` passes, whichever comes first."""
-        if flight.ends_by <= deadline:
-            await flight.done.wait()  # it ends in time: no cancel scope needed
-        else:
-            with anyio.move_on_after(max(0.0, deadline - self._clock())):
-                await flight.done.wait()
 
     def _bind(self) -> Backend:
         """The backend of the running loop; forget what belongs to a loop no longer in use.

@@ -7,8 +7,10 @@ import asyncio
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from aioiam._backend import detect
+from aioiam._backend import AsyncioLatch, detect
 
 pytestmark = pytest.mark.anyio
 
@@ -111,5 +113,38 @@ def test_detect_names_an_unsupported_library(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.setattr(sniffio, "current_async_library", lambda: "curio")
         with pytest.raises(RuntimeError, match="not on curio"):
             detect()
+
+    asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=40),
+    cancel_before=st.sets(st.integers(min_value=0, max_value=39)),
+    cancel_after=st.sets(st.integers(min_value=0, max_value=39)),
+)
+def test_asyncio_latch_wakes_everyone_not_cancelled_whoever_is_cancelled_when(
+    n: int, cancel_before: set[int], cancel_after: set[int]
+) -> None:
+    async def main() -> None:
+        latch = AsyncioLatch(asyncio.get_running_loop())
+        woken: list[int] = []
+
+        async def waiter(i: int) -> None:
+            await latch.wait()
+            woken.append(i)
+
+        tasks = [asyncio.ensure_future(waiter(i)) for i in range(n)]
+        await asyncio.sleep(0)  # all of them are waiting now
+        for i in cancel_before & set(range(n)):
+            tasks[i].cancel()
+        await asyncio.sleep(0)
+        latch.set()
+        for i in cancel_after & set(range(n)):  # woken but not yet run: cancelled all the same
+            tasks[i].cancel()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        survivors = [i for i in range(n) if not tasks[i].cancelled()]
+        assert woken == survivors
+        assert not set(woken) & cancel_before
 
     asyncio.run(main())
