@@ -27,7 +27,7 @@ def test_a_key_wrapped_like_a_placeholder_or_a_quoted_value_is_refused(wrapped: 
 def test_client_credentials_are_checked_the_same_way(field: str) -> None:
     values = {"client_id": "bx", "client_secret": CLIENT_SECRET, field: f'"{CLIENT_SECRET}"'}
     with pytest.raises(ValueError, match=f"{field} starts or ends") as caught:
-        TokenManager(KEY, **values)
+        TokenManager(KEY, client_id=values["client_id"], client_secret=values["client_secret"])
     assert CLIENT_SECRET not in str(caught.value)
 
 

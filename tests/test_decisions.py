@@ -4,6 +4,7 @@ and whether an answer is a usable token. No I/O, no event loop, no clock."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import httpx
 import pytest
@@ -45,7 +46,7 @@ def redact(text: str) -> str:
     return text.replace(KEY, "[redacted]")
 
 
-def step(token: object = TOKEN, record: FailureRecord = NO_FAILURES, **kwargs: object) -> object:
+def step(token: object = TOKEN, record: FailureRecord = NO_FAILURES, **kwargs: Any) -> object:
     arguments: dict[str, object] = {"now": 0.0, "deadline": 15.0, "timeout": 15.0, "refresher": False, "busy": False}
     arguments.update(kwargs)
     return caller_step(token, record, **arguments)  # type: ignore[arg-type]
