@@ -64,7 +64,7 @@ def test_a_due_token_is_taken_and_on_demand_the_caller_starts_the_refresh() -> N
 
 
 @pytest.mark.parametrize("kwargs", [{"refresher": True}, {"busy": True}])
-def test_a_due_token_is_taken_without_a_refresh_when_one_is_handled(kwargs: dict[str, bool]) -> None:
+def test_a_due_token_is_taken_without_a_refresh_when_one_is_handled(kwargs: dict[str, Any]) -> None:
     assert step(now=85.0, **kwargs) == Take(TOKEN)
 
 
