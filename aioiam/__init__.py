@@ -5,6 +5,7 @@ The public surface is re-exported here; everything in ``aioiam._*`` modules is p
 
 from ._auth import DEFAULT_ALLOWED_HOSTS, IAMAuth
 from ._exceptions import (
+    ConfigurationError,
     IAMError,
     IAMUnavailableError,
     InvalidCredentialsError,
@@ -14,7 +15,14 @@ from ._exceptions import (
 )
 from ._hooks import FetchAttempt, Hook
 from ._manager import TokenManager
-from ._sources import ApiKeySource, TokenSource
+from ._sources import (
+    ApiKeySource,
+    AssumeProfileSource,
+    ContainerSource,
+    StaticTokenSource,
+    TokenSource,
+    VPCInstanceSource,
+)
 from ._timing import RefreshPolicy, RetryPolicy, TokenState
 from ._token import Token, TokenResponse
 from ._version import __version__
@@ -22,6 +30,9 @@ from ._version import __version__
 __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
     "ApiKeySource",
+    "AssumeProfileSource",
+    "ConfigurationError",
+    "ContainerSource",
     "FetchAttempt",
     "Hook",
     "IAMAuth",
@@ -32,11 +43,13 @@ __all__ = [
     "ManagerClosedError",
     "RefreshPolicy",
     "RetryPolicy",
+    "StaticTokenSource",
     "Token",
     "TokenManager",
     "TokenResponse",
     "TokenSource",
     "TokenState",
     "TransientIAMError",
+    "VPCInstanceSource",
     "__version__",
 ]

@@ -7,7 +7,9 @@ The tree::
     ├── IAMUnavailableError       IAM unreachable or failing transiently, and no usable token left
     ├── InvalidResponseError      IAM answered, but not with something aioiam can use
     ├── TransientIAMError         one failed attempt worth retrying (5xx, 429, timeout, network)
-    └── ManagerClosedError        the manager was used after ``aclose()``
+    ├── ManagerClosedError        the manager was used after ``aclose()``
+    └── ConfigurationError        credentials that cannot be found or used as configured (also a
+                                  ``ValueError``)
 
 Messages and attributes carry what a support case needs (status, IAM error code, request id) and
 never a secret: text that comes from IAM is passed through the manager's redactor before it is
@@ -19,6 +21,7 @@ from __future__ import annotations
 import copy
 
 __all__ = [
+    "ConfigurationError",
     "IAMError",
     "IAMUnavailableError",
     "InvalidCredentialsError",
@@ -137,3 +140,14 @@ class InvalidResponseError(IAMError):
 
 class ManagerClosedError(IAMError):
     """The manager was used after it was closed, or closed while the caller was waiting."""
+
+
+class ConfigurationError(IAMError, ValueError):
+    """Credentials that cannot be found or used as configured.
+
+    Raised by :meth:`~aioiam.TokenManager.from_env` when no source of configuration has the
+    service, or a property its auth type needs is missing; and by a source at fetch time when what
+    it was configured to read is not there (a compute-resource token file that is missing or
+    empty), in which case nothing is sent to IAM. The message names what was looked for (files,
+    variables, property names), never a secret. Not retried by a waiting caller.
+    """

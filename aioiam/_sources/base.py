@@ -1,38 +1,40 @@
-"""Where tokens come from: the :class:`TokenSource` seam and the API-key grant.
+"""What every token source shares: the :class:`TokenSource` seam, credential checks, reading
+IAM's answer, and :class:`FormGrant`, the form POST to IAM's token endpoint that most grants are.
 
-A source knows how to ask IAM for one token and how to read the answer. It does not retry, time,
-cache or share anything: the manager does all of that around :meth:`TokenSource.fetch`. Other
-grants (trusted profiles, VPC metadata) plug in here as further sources.
+A source knows how to ask for one token and how to read the answer. It does not retry, time,
+cache or share anything: the manager does all of that around :meth:`TokenSource.fetch`.
 """
 
 from __future__ import annotations
 
 import base64
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
 
 import httpx
 
-from ._hooks import logger
-from ._redaction import Redactor, clip, redactable, scrub
-from ._token import TokenResponse, parse_error_response, parse_retry_after, parse_token_response
-from ._urls import token_endpoint
-from ._version import __version__
+from .._hooks import logger
+from .._redaction import Redactor, clip, redactable, scrub
+from .._token import TokenResponse, parse_error_response, parse_retry_after, parse_token_response
+from .._urls import token_endpoint
+from .._version import __version__
 
 __all__ = [
-    "APIKEY_GRANT",
+    "IAM_URL",
     "USER_AGENT",
-    "ApiKeySource",
+    "FormGrant",
     "TokenSource",
     "check_credential",
+    "one_chunk",
+    "optional_str",
     "read_iam_answer",
     "unverified_tls",
 ]
 
 USER_AGENT = f"aioiam/{__version__}"
-APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
+IAM_URL = "https://iam.cloud.ibm.com"
 #: First or last characters no IBM Cloud credential has: a pasted placeholder (``<your-apikey>``,
 #: ``{apikey}``) or a value copied with its quotes (``"abc..."``) from a file or a shell.
 _WRAPPERS = "{}<>\"'"
@@ -137,6 +139,12 @@ class _OneChunk:
         return body
 
 
+def one_chunk(request: httpx.Request) -> httpx.Request:
+    """``request`` with its body sent as one chunk (see :class:`_FormBody`). Returns it."""
+    request.stream = _FormBody(request.content)
+    return request
+
+
 def check_credential(name: str, value: object) -> str:
     """``value`` stripped of surrounding white space, if it can be a credential called ``name``.
 
@@ -163,103 +171,96 @@ def check_credential(name: str, value: object) -> str:
     return value
 
 
-class ApiKeySource:
-    """The API-key grant: ``POST {url}/identity/token`` with ``grant_type=...:apikey``.
-
-    Args:
-        api_key: The IBM Cloud API key.
-        url: IAM's base URL (see :func:`token_endpoint`).
-        client_id: With ``client_secret``, sent as HTTP Basic auth; then IAM also returns a
-            usable refresh token.
-        client_secret: See ``client_id``; both or neither.
-        scope: Sent as ``scope`` when given.
+def optional_str(name: str, value: object) -> str | None:
+    """``value`` stripped, or ``None`` for ``None`` or a blank string; for non-secret settings.
 
     Raises:
-        TypeError: ``api_key``, ``url``, ``client_id``, ``client_secret`` or ``scope`` is not a
-            string (``None`` is allowed for the last three).
-        ValueError: A missing or blank key, a key that looks like a URL or like a placeholder or
-            quoted value (see :func:`check_credential`), only one of the client id and secret, or a
-            bad URL, including one that contains the key or the client secret in any letter case
-            (see ``token_endpoint``). No message quotes a secret.
+        TypeError: ``value`` is neither ``None`` nor a ``str``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value.strip() or None
+
+
+class FormGrant:
+    """A grant that is one form POST to IAM's token endpoint: the API-key, compute-resource and
+    assume grants. Subclasses build the form; this sends it and reads the answer.
+
+    Holds the endpoint, optional client credentials (HTTP Basic, both or neither) and scope, and
+    the secrets to scrub. Does not retry or time anything.
+
+    Args:
+        url: IAM's base URL (see ``token_endpoint``).
+        client_id: With ``client_secret``, sent as HTTP Basic auth.
+        client_secret: See ``client_id``.
+        scope: Sent as ``scope`` when given.
+        secrets: The grant's own secrets (the API key, say), checked against the URL and scrubbed
+            from everything IAM sends back.
+
+    Raises:
+        TypeError: A credential or the URL is not a string.
+        ValueError: Only one of the client id and secret; a credential that looks like a
+            placeholder or a quoted value; a bad URL, or one holding a secret in any case.
     """
 
-    __slots__ = ("_api_key", "_authorization", "_form", "_secrets", "_warned_unverified", "endpoint")
+    __slots__ = ("_authorization", "_scope", "_static_secrets", "_warned_unverified", "endpoint")
 
     def __init__(
         self,
-        api_key: str,
         *,
-        url: str = "https://iam.cloud.ibm.com",
-        client_id: str | None = None,
-        client_secret: str | None = None,
-        scope: str | None = None,
+        url: str,
+        client_id: str | None,
+        client_secret: str | None,
+        scope: str | None,
+        secrets: Iterable[str] = (),
     ) -> None:
-        if api_key is None:
-            raise ValueError("api_key is missing; pass the IBM Cloud API key")
-        if isinstance(api_key, str) and not api_key.strip():
-            raise ValueError("api_key is blank; pass the IBM Cloud API key")
-        api_key = check_credential("api_key", api_key)
-        if api_key.lower().startswith(("https://", "http://")):
-            raise ValueError("api_key looks like a URL; pass the key first and the URL as url=")
-        if scope is not None and not isinstance(scope, str):
-            raise TypeError(f"scope must be a str, not {type(scope).__name__}")
         if (client_id is None) != (client_secret is None) or client_id == "" or client_secret == "":
             raise ValueError("client_id and client_secret go together: pass both or neither")
+        all_secrets = [s for secret in secrets for s in (secret, quote_plus(secret))]
+        self._authorization: str | None = None
         if client_id is not None and client_secret is not None:
             client_id = check_credential("client_id", client_id)
             client_secret = check_credential("client_secret", client_secret)
-        self._api_key = api_key
-        self._warned_unverified = False
-        secrets = [self._api_key, quote_plus(self._api_key)]
-        self._authorization: str | None = None
-        if client_id is not None and client_secret is not None:
             encoded = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
             self._authorization = "Basic " + encoded
-            secrets += [client_secret, quote_plus(client_secret), encoded]
+            all_secrets += [client_secret, quote_plus(client_secret), encoded]
+        self._scope = optional_str("scope", scope)
         # Only those long enough to scrub without mangling other text; longest first.
-        self._secrets = redactable(secrets)
-        self.endpoint = token_endpoint(url, secrets=secrets)
-        self._form = {
-            "grant_type": APIKEY_GRANT,
-            "apikey": self._api_key,
-            "response_type": "cloud_iam",
-        }
-        if scope:
-            self._form["scope"] = scope
-
-    def __repr__(self) -> str:
-        return f"ApiKeySource(endpoint={self.endpoint!r}, client_auth={self._authorization is not None})"
+        self._static_secrets = redactable(all_secrets)
+        self.endpoint = token_endpoint(url, secrets=all_secrets)
+        self._warned_unverified = False
 
     @property
     def secrets(self) -> Sequence[str]:
-        """The API key (also form-encoded), and the client secret and Basic credentials when configured.
+        """The grant's secrets (also form-encoded), and the client secret and Basic credentials
+        when configured.
 
-        Only those of at least :data:`~aioiam._token.MIN_REDACTABLE_LENGTH` characters, longest
-        first: a shorter string cannot be scrubbed from text without mangling unrelated words (and
-        no real IBM Cloud API key is that short).
+        Only those of at least ``MIN_REDACTABLE_LENGTH`` characters, longest first: a shorter
+        string cannot be scrubbed from text without mangling unrelated words.
         """
-        return self._secrets
+        return self._static_secrets
 
-    def build_request(self, client: httpx.AsyncClient) -> httpx.Request:
-        """The token request, ready to send. Pure apart from reading ``client``'s defaults."""
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
+    def _form_request(self, client: httpx.AsyncClient, form: Mapping[str, str]) -> httpx.Request:
+        """The token request for ``form`` (``scope`` added when configured), ready to send."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if self._authorization is not None:
             headers["Authorization"] = self._authorization
-        request = client.build_request("POST", self.endpoint, data=self._form, headers=headers)
-        request.stream = _FormBody(request.content)
-        return request
+        data = dict(form)
+        if self._scope:
+            data["scope"] = self._scope
+        return one_chunk(client.build_request("POST", self.endpoint, data=data, headers=headers))
 
-    async def fetch(self, client: httpx.AsyncClient) -> TokenResponse:
-        """Send one token request and read the answer. No retry, no timing."""
-        response = await client.send(self.build_request(client), auth=None, follow_redirects=False)
+    async def _post(self, client: httpx.AsyncClient, form: Mapping[str, str]) -> TokenResponse:
+        """Send ``form`` to the token endpoint and read the answer. No retry, no timing."""
+        response = await client.send(self._form_request(client, form), auth=None, follow_redirects=False)
         if not self._warned_unverified and unverified_tls(response):
             self._warned_unverified = True
             logger.warning(
                 "aioiam: IAM's TLS certificate was not verified (verify=False, or an http_client that does "
-                "not verify); anyone on the path can read the API key. Use this only against a local emulator."
+                "not verify); anyone on the path can read the credentials. Use this only against a local "
+                "emulator."
             )
         try:
             return await read_iam_answer(response, url=self.endpoint, redact=self._redact)
@@ -267,4 +268,4 @@ class ApiKeySource:
             await response.aclose()
 
     def _redact(self, text: str) -> str:
-        return scrub(text, self._secrets)
+        return scrub(text, self.secrets)
