@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -32,6 +33,7 @@ import httpx
 from anyio import AsyncContextManagerMixin
 
 from ._backend import Backend, detect
+from ._config import api_key_from_environment, find_service, manager_arguments, service_prefix
 from ._decisions import (
     NO_FAILURES,
     Raise,
@@ -164,6 +166,31 @@ class TokenManager(AsyncContextManagerMixin):
         self._wakeup: anyio.Event | None = None
         self._warned_skew = False
         self._requests = 0
+
+    @classmethod
+    def from_env(cls, service_name: str | None = None, **overrides: Any) -> TokenManager:
+        """A manager configured as IBM's SDK cores would configure ``service_name``.
+
+        The service's properties (``<SERVICE>_AUTH_TYPE``, ``_APIKEY``, ``_AUTH_URL``, ...) come
+        from the first of these that has any: the credentials file (``$IBM_CREDENTIALS_FILE``,
+        else ``./ibm-credentials.env``, else ``~/ibm-credentials.env``), the environment, and
+        ``VCAP_SERVICES``. ``AUTH_TYPE`` picks the grant (``iam``, ``container``, ``vpc``,
+        ``iamAssume``, ``bearerToken``; ``iam`` when an API key is set, else ``container``).
+        Without a service name, the API key is ``IBMCLOUD_API_KEY`` (the ``ibmcloud`` CLI's).
+
+        Args:
+            service_name: The service, as IBM's cores name it (``my-service`` reads ``MY_SERVICE_*``).
+            **overrides: ``TokenManager`` keyword arguments, winning over what was read
+                (``url=``, ``retry=``, ``http_client=`` and so on).
+
+        Raises:
+            ConfigurationError: Nothing found (the message lists every place searched), an
+                unsupported auth type, or a property the auth type needs is missing (named).
+        """
+        if service_name is None:
+            return cls(api_key_from_environment(), **overrides)
+        found = find_service(service_name)
+        return cls(**manager_arguments(found, service_prefix(service_name) + "_", overrides))
 
     def __repr__(self) -> str:
         token = self._token
