@@ -7,61 +7,14 @@ to, and never over plain http except to loopback.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncGenerator, Generator, Iterable
 
 import httpx
 
-from ._hooks import logger
+from ._hosts import DEFAULT_ALLOWED_HOSTS, HostPolicy
 from ._manager import TokenManager
-from ._urls import is_loopback_host
 
-__all__ = ["DEFAULT_ALLOWED_HOSTS", "IAMAuth", "host_allowed"]
-
-#: IBM Cloud's service domains: ``cloud.ibm.com`` (IAM, resource controller, most service APIs)
-#: and ``appdomain.cloud`` (Cloud Object Storage, Code Engine and other regional endpoints),
-#: with every subdomain of each.
-DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = ("cloud.ibm.com", "*.cloud.ibm.com", "appdomain.cloud", "*.appdomain.cloud")
-
-
-def _normalise_host(host: str) -> str:
-    return host.strip().lower().rstrip(".")
-
-
-def _check_pattern(pattern: str) -> str:
-    if not isinstance(pattern, str):
-        raise TypeError(f"allowed host patterns are strings, not {type(pattern).__name__}")
-    cleaned = _normalise_host(pattern).strip("[]")
-    bare = cleaned.removeprefix("*.")
-    bad = not bare or any(c in bare for c in "*/@ \t?#")
-    if not bad and ":" in bare:  # only an IPv6 address may have colons; a port may not
-        try:
-            ipaddress.IPv6Address(bare)
-        except ValueError:
-            bad = True
-    if bad:
-        raise ValueError(
-            f"{pattern!r} is not a host pattern: use 'api.example.com' for one host or '*.example.com' "
-            "for its subdomains (no scheme, port or path)"
-        )
-    return cleaned
-
-
-def host_allowed(host: str, patterns: Iterable[str]) -> bool:
-    """Whether ``host`` matches one of ``patterns``.
-
-    ``"api.example.com"`` matches that host only; ``"*.example.com"`` matches every subdomain of
-    ``example.com`` but not ``example.com`` itself. Matching ignores case and a trailing dot. It
-    does no DNS lookup: a name is judged by its spelling, never by the address it resolves to.
-    """
-    host = _normalise_host(host)
-    for pattern in patterns:
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                return True
-        elif host == pattern:
-            return True
-    return False
+__all__ = ["DEFAULT_ALLOWED_HOSTS", "IAMAuth"]
 
 
 def _replayable(request: httpx.Request) -> bool:
@@ -111,38 +64,15 @@ class IAMAuth(httpx.Auth):
     ) -> None:
         if not isinstance(manager, TokenManager):
             raise TypeError("IAMAuth needs an aioiam.TokenManager")
-        if isinstance(allowed_hosts, str):
-            raise TypeError("allowed_hosts is a list of host patterns, not one string")
         self._manager = manager
-        self._allowed = tuple(_check_pattern(p) for p in allowed_hosts)
-        self._allow_loopback = allow_loopback
-        self._verdicts: dict[tuple[str, str], bool] = {}
+        self._hosts = HostPolicy(allowed_hosts, allow_loopback=allow_loopback)
 
     def __repr__(self) -> str:
-        return f"IAMAuth({self._manager!r}, allowed_hosts={list(self._allowed)!r})"
+        return f"IAMAuth({self._manager!r}, allowed_hosts={list(self._hosts.allowed)!r})"
 
     def may_send_token(self, url: httpx.URL) -> bool:
         """Whether the token may go to ``url``: an allowed host, over https (or loopback)."""
-        key = (url.scheme, url.host)
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self._judge(url)
-            if len(self._verdicts) < 10_000:  # a crawler meets unbounded hosts; keep memory bounded
-                self._verdicts[key] = verdict
-            if not verdict:
-                logger.warning(
-                    "aioiam: not sending the IAM token to %s://%s (%s); the request goes out without it",
-                    url.scheme,
-                    url.host,
-                    "not an allowed host" if url.scheme == "https" else "plain http",
-                )
-        return verdict
-
-    def _judge(self, url: httpx.URL) -> bool:
-        loopback = is_loopback_host(url.host)
-        if loopback:
-            return self._allow_loopback and url.scheme in ("http", "https")
-        return url.scheme == "https" and host_allowed(url.host, self._allowed)
+        return self._hosts.may_send(url.scheme, url.host)
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         """Always raises ``TypeError``: IAMAuth is asynchronous."""
