@@ -173,7 +173,8 @@ async def _trial(
         "cut_off": cut_off,
         # Over the cut-off, the last worker had no token yet: the figure is only a lower bound.
         "last_ms": since_answer(result["started"] + max_seconds if cut_off else (served[-1] if served else None)),
-        "median_ms": since_answer(served[len(served) // 2] if served else None),
+        # The median of all n workers (one never served counts as later than any served).
+        "median_ms": since_answer(served[n // 2] if len(served) > n // 2 else None),
         "first_ms": since_answer(served[0] if served else None),
         # Sanity checks: the answer came about one IAM latency after the workers started, and
         # after the last of them had made its first call (positive), as at every N measured here.
@@ -248,17 +249,22 @@ async def run(
                     continue
                 row = _row(name, n, runs)
                 results["rows"].append(row)
-                over = " (cut off)" if row["cut_off"] else ""
+                if row["cut_off"]:
+                    last = f"over {max_seconds:g} s ({row['served']:,} of {n:,} served)"
+                else:
+                    last = (
+                        f"{_fmt(row['last_ms'])} (min {_fmt(row['last_ms_min'])}, max {_fmt(row['last_ms_max'])}, "
+                        f"{len(runs)} runs)"
+                    )
                 log(
                     f"  cold-load N={n:>7,} {name:<20} requests={row['requests']:<3} "
-                    f"last={_fmt(row['last_ms'])}{over} median={_fmt(row['median_ms'])} "
-                    f"(last: min {_fmt(row['last_ms_min'])}, max {_fmt(row['last_ms_max'])}; {len(runs)} runs)"
+                    f"median={_fmt(row['median_ms'])} last={last}"
                 )
     return results
 
 
 def _fmt(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms:8.1f} ms"
+    return "-" if ms is None else f"{ms:.1f} ms"
 
 
 def _minus(ms: float | None) -> float | None:
