@@ -61,14 +61,22 @@ def _spin(turns: int) -> None:
 
 
 def calibrate(seconds: float) -> int:
-    """How many turns of the busy loop take ``seconds`` of CPU here (from the fastest of 7 timings)."""
-    sample = 200_000
-    best = math.inf
-    for _ in range(7):
-        started = time.perf_counter()
+    """How many turns of the busy loop take ``seconds`` of CPU time here.
+
+    Timed in CPU time of this thread (``time.thread_time()``), so that time the machine gives to
+    other processes does not count; after a fifth of a second of spinning (a virtual CPU's clock
+    speeds up under load), the median of 15 timings.
+    """
+    sample = 100_000
+    deadline = time.thread_time() + 0.2
+    while time.thread_time() < deadline:
         _spin(sample)
-        best = min(best, time.perf_counter() - started)
-    return max(1, round(sample * seconds / best))
+    timings = []
+    for _ in range(15):
+        started = time.thread_time()
+        _spin(sample)
+        timings.append(time.thread_time() - started)
+    return max(1, round(sample * seconds / statistics.median(timings)))
 
 
 async def load(get_token: GetToken, n: int, *, turns: int, tail: float, max_seconds: float) -> dict[str, Any]:
@@ -187,16 +195,16 @@ async def _trial(
 
 
 def _time_work(turns: int, times: int = 21) -> float:
-    """What one worker's work takes right now, in µs: the median of ``times`` timings.
+    """The CPU time one worker's work takes right now, in µs: the median of ``times`` timings.
 
     The speed of a shared virtual machine drifts, so each trial records it.
     """
-    perf = time.perf_counter
+    clock = time.thread_time
     timings = []
     for _ in range(times):
-        started = perf()
+        started = clock()
         _spin(turns)
-        timings.append(perf() - started)
+        timings.append(clock() - started)
     return statistics.median(timings) * 1e6
 
 

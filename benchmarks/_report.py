@@ -325,13 +325,19 @@ def _load_md(load: dict[str, Any]) -> list[str]:
             body.append([label, *[_load_cell(load, _row(rows, contender=name, n=n), key) for n in sizes]])
         out += [_table([title, *[f"N = {n:,}" for n in sizes]], body), ""]
     works = [r["work_us"] for row in rows for r in row.get("runs", [])]
-    spread = f"; measured before each round, it took {min(works):.0f} to {max(works):.0f} µs" if works else ""
+    spread = (
+        f"; measured before each round, it took {min(works):.0f} to {max(works):.0f} µs (the speed of a shared "
+        "virtual CPU drifts)"
+        if works
+        else ""
+    )
     rounds = "1 round" if load["repeats"] == 1 else f"the median of {load['repeats']} interleaved rounds"
     out += [
         f"Each figure is {rounds}; the JSON has every round (fastest and slowest, the first worker served, the "
         f"calls made). The work is {load['work_turns']:,} turns of a busy loop, calibrated to "
-        f"{load['work_target_us']:g} µs at the start{spread}. Workers still waiting {load['max_seconds']:g} s "
-        "after they started are stopped, and that contender is not run again at that N or above.",
+        f"{load['work_target_us']:g} µs of CPU time (`time.thread_time()`) at the start{spread}. Workers still "
+        f"waiting {load['max_seconds']:g} s after they started are stopped, and that contender is not run again "
+        "at that N or above.",
     ]
     return out
 
