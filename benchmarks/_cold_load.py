@@ -96,6 +96,10 @@ async def load(get_token: GetToken, n: int, *, turns: int, tail: float, max_seco
     stopping = False
     all_served = loop.create_future()
 
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+
     async def worker(i: int) -> None:
         nonlocal calls, failures, remaining
         called[i] = monotonic()
@@ -107,7 +111,8 @@ async def load(get_token: GetToken, n: int, *, turns: int, tail: float, max_seco
             return
         finally:
             remaining -= 1
-            if remaining == 0:
+            if remaining == 0:  # the tail: a timer, not the trial's task, which would wait a pass more
+                loop.call_later(tail, stop)
                 all_served.set_result(None)
         made = 1
         try:
@@ -128,10 +133,8 @@ async def load(get_token: GetToken, n: int, *, turns: int, tail: float, max_seco
     tasks = [loop.create_task(worker(i)) for i in range(n)]
     done, _ = await asyncio.wait([all_served], timeout=max_seconds)
     cut_off = not done
-    if not cut_off:
-        await asyncio.sleep(tail)
-    stopping = True
     if cut_off:
+        stop()
         for task in tasks:
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

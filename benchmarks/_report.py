@@ -182,6 +182,10 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+
+
 def _load_ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
     """``row``'s last-served figure over the raw-request floor's at the same N."""
     floor = _row(rows, contender=FLOOR_REQUEST, n=row["n"])
@@ -223,7 +227,7 @@ def _load_targets(load: dict[str, Any]) -> list[dict[str, Any]]:
                 cells.append(f"over {load['max_seconds']:g} s at N = {n:,}" if row["cut_off"] else f"- at N = {n:,}")
                 continue
             met = met and ratio <= LOAD_TARGET_RATIO
-            cells.append(f"{ratio:.2f}x ({_ms(row['last_ms'])}) at N = {n:,}")
+            cells.append(f"{_times(ratio)} ({_ms(row['last_ms'])}) at N = {n:,}")
         found.append(
             {
                 "scenario": "2. Cold fan-in under load",
@@ -304,7 +308,7 @@ def _load_cell(load: dict[str, Any], row: dict[str, Any] | None, key: str) -> st
     if key == "last_ms" and row["contender"] != FLOOR:
         ratio = _load_ratio(load["rows"], row)
         if ratio is not None and row["contender"] != FLOOR_REQUEST:
-            cell += f" ({ratio:,.1f}x)"
+            cell += f" ({_times(ratio)})"
         failed = f", {row['failures']} failed" if row["failures"] else ""
         cell += f" · {row['requests']} req{failed}"
     return cell
