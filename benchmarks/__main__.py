@@ -1,7 +1,7 @@
 """Run the benchmark suite: ``python -m benchmarks`` (full) or ``python -m benchmarks --quick``.
 
 The full run writes ``docs/benchmarks.md``, ``docs/benchmarks.json`` and
-``docs/benchmark-latency.png``; it takes about ten minutes on two cores. The quick run uses tiny
+``docs/benchmark-latency.png``; it takes about fifteen minutes on two cores. The quick run uses tiny
 sizes, finishes in well under a minute, and writes the same three files to a temporary directory
 (or ``--out``): it keeps the suite from rotting, its figures mean nothing.
 
