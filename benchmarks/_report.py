@@ -607,12 +607,12 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "asyncio's `Lock` lets one waiter in per pass, but workers it has served queue behind the rest on "
             "their next call and do no work meanwhile, so the hand-rolled cache stays near the floor.",
             "",
-            "What it found when it was written (2026-12-01, aioiam at commit 2fd1d83, the same kind of machine but "
-            "shared with other work: load average 3 to 7 on its 2 cores, so every figure was slower than on a "
-            "quiet machine): aioiam served the last of 1,000 busy workers 1.7 s after IAM's answer, against 131 "
+            "What it found when it was written (2026-12-01, aioiam at commit 2fd1d83, on a 2-core virtual machine "
+            "shared with other work, load average 3 to 7, so every figure was slower and noisier than on a quiet "
+            "machine): aioiam served the last of 1,000 busy workers 1.7 s after IAM's answer, against 131 "
             "ms for the raw-request floor (13x); 5,000 workers, 31.7 s against 333 ms (95x); 10,000 workers, "
-            "159 s against 1.2 s (135x). Both hand-rolled caches stayed within 1.3x of the floor. On demand, "
-            "the same.",
+            "159 s against 1.2 s (135x); on demand, the same. Both hand-rolled caches stayed within about 1.3x "
+            "of the floor.",
             "",
         ]
     if "hot" in s:
