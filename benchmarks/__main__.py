@@ -1,9 +1,13 @@
 """Run the benchmark suite: ``python -m benchmarks`` (full) or ``python -m benchmarks --quick``.
 
 The full run writes ``docs/benchmarks.md``, ``docs/benchmarks.json`` and
-``docs/benchmark-latency.png``; it takes about eight minutes on two cores. The quick run uses tiny
+``docs/benchmark-latency.png``; it takes about fifteen minutes on two cores. The quick run uses tiny
 sizes, finishes in well under a minute, and writes the same three files to a temporary directory
 (or ``--out``): it keeps the suite from rotting, its figures mean nothing.
+
+``--only`` runs some scenarios (``--only cold-load``), and ``--load-sizes``, ``--load-repeats`` and
+``--load-max-seconds`` change the cold-load scenario's sizes; any of them writes to a temporary
+directory unless ``--out`` says otherwise, so docs/ only ever holds a whole full run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import asyncio
 import datetime
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -19,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _auth, _cold, _hot, _outage, _report, _stall, _tenants
-from ._contenders import AIOIAM, AIOIAM_ON_DEMAND, CONTENDERS, HAND_ROLLED, IBM
+from . import _auth, _cold, _cold_load, _hot, _outage, _report, _stall, _tenants
+from ._contenders import AIOIAM, AIOIAM_ON_DEMAND, CONTENDERS, HAND_ROLLED, HAND_ROLLED_EVENT, IBM
 from ._machine import describe
 
-SCENARIOS = ("cold", "hot", "stall", "auth", "outage", "tenants")
+SCENARIOS = ("cold", "cold-load", "hot", "stall", "auth", "outage", "tenants")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -34,6 +39,11 @@ class Sizes:
     cold_big_repeats: int
     cold_ibm_max_n: int
     cold_latency: float
+    load_sizes: list[int]
+    load_repeats: int
+    load_work: float
+    load_tail: float
+    load_max_seconds: float
     hot_calls: int
     hot_slow_calls: int
     hot_rounds: int
@@ -65,6 +75,11 @@ FULL = Sizes(
     cold_big_repeats=3,
     cold_ibm_max_n=100_000,
     cold_latency=0.05,
+    load_sizes=[1_000, 5_000, 10_000, 30_000],
+    load_repeats=3,
+    load_work=50e-6,
+    load_tail=0.1,
+    load_max_seconds=30.0,
     hot_calls=200_000,
     hot_slow_calls=2_000,
     hot_rounds=7,
@@ -95,6 +110,11 @@ QUICK = Sizes(
     cold_big_repeats=1,
     cold_ibm_max_n=100,
     cold_latency=0.05,
+    load_sizes=[50],
+    load_repeats=1,
+    load_work=50e-6,
+    load_tail=0.01,
+    load_max_seconds=10.0,
     hot_calls=2_000,
     hot_slow_calls=50,
     hot_rounds=2,
@@ -138,6 +158,17 @@ async def _run(sizes: Sizes, scenarios: list[str]) -> dict[str, Any]:
                 repeats=sizes.cold_repeats,
                 big_repeats=sizes.cold_big_repeats,
                 ibm_max_n=sizes.cold_ibm_max_n,
+                log=_log,
+            )
+        elif scenario == "cold-load":
+            results[scenario] = await _cold_load.run(
+                [AIOIAM, AIOIAM_ON_DEMAND, HAND_ROLLED, HAND_ROLLED_EVENT],
+                sizes.load_sizes,
+                latency=sizes.cold_latency,
+                work=sizes.load_work,
+                tail=sizes.load_tail,
+                repeats=sizes.load_repeats,
+                max_seconds=sizes.load_max_seconds,
                 log=_log,
             )
         elif scenario == "hot":
@@ -187,6 +218,23 @@ async def _run(sizes: Sizes, scenarios: list[str]) -> dict[str, Any]:
     return results
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [_positive(part.strip()) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError("no sizes given")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, output to a temporary directory")
@@ -197,6 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="how many aioiam managers with their own HTTP client to build in the tenants scenario",
     )
+    parser.add_argument(
+        "--load-sizes",
+        type=_sizes,
+        help="comma-separated numbers of workers for the cold-load scenario (e.g. 1000,5000,10000)",
+    )
+    parser.add_argument("--load-repeats", type=_positive, help="rounds per N in the cold-load scenario")
+    parser.add_argument(
+        "--load-max-seconds",
+        type=_positive,
+        help="in the cold-load scenario, stop workers not all served after this many seconds",
+    )
     args = parser.parse_args(argv)
 
     scenarios = list(SCENARIOS) if not args.only else [s.strip() for s in args.only.split(",") if s.strip()]
@@ -204,11 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
     sizes = QUICK if args.quick else FULL
-    if args.own_client_managers is not None:
-        sizes = Sizes(**{**asdict(sizes), "tenants_own_client_many": args.own_client_managers})
+    changed = {
+        name: value
+        for name, value in (
+            ("tenants_own_client_many", args.own_client_managers),
+            ("load_sizes", args.load_sizes),
+            ("load_repeats", args.load_repeats),
+            ("load_max_seconds", args.load_max_seconds),
+        )
+        if value is not None
+    }
+    if changed:
+        sizes = Sizes(**{**asdict(sizes), **changed})
     if args.out is not None:
         out = args.out
-    elif args.quick or args.only or args.own_client_managers is not None:
+    elif args.quick or args.only or changed:
         out = Path(tempfile.mkdtemp(prefix="aioiam-bench-"))  # only a full default run writes docs/
     else:
         out = DOCS
@@ -220,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"{machine['cpu']}, {machine['cores']} cores, {machine['python']}, {machine['os']}")
     started = time.perf_counter()
     results = asyncio.run(_run(sizes, scenarios))
+    if machine.get("load_average") is not None:
+        machine["load_average_end"] = round(os.getloadavg()[0], 2)
     report: dict[str, Any] = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",

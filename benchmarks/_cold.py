@@ -15,15 +15,17 @@ the same N tasks with no library at all:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ._contenders import FLOOR, IBM, GetToken, contender
 from ._emulator import Emulator
 
-__all__ = ["FLOOR_REQUEST", "fan_in", "floor_get_token", "raw_request_get_token", "run"]
+__all__ = ["FLOOR_REQUEST", "TimerFloor", "fan_in", "frozen_heap", "raw_request_get_token", "run"]
 
 FLOOR_REQUEST = "floor: raw request"
 _FORM = b"grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey=test-api-key&response_type=cloud_iam"
@@ -56,20 +58,44 @@ async def fan_in(get_token: GetToken, n: int) -> tuple[list[float], int]:
     return waits, failures
 
 
-def floor_get_token(latency: float) -> GetToken:
-    """A ``get_token`` with no library: the first call starts a ``latency`` timer, all wait on it."""
-    event = asyncio.Event()
-    started = False
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Run a trial with what the harness already holds frozen out of the garbage collector.
 
-    async def get_token() -> str:
-        nonlocal started
-        if not started:
-            started = True
-            asyncio.get_running_loop().call_later(latency, event.set)
-        await event.wait()
+    The collector stays on, as in production, so each trial pays only for the objects it makes.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+class TimerFloor:
+    """A ``get_token`` with no library: the first call starts a ``latency`` timer, all wait on it.
+
+    ``fired_at`` is the ``time.monotonic()`` at which the timer fired, just before it set the
+    event (``None`` until then). Once the event is set, a call returns without yielding, as a
+    cache's fast path does.
+    """
+
+    def __init__(self, latency: float) -> None:
+        self._latency = latency
+        self._event = asyncio.Event()
+        self._started = False
+        self.fired_at: float | None = None
+
+    async def get_token(self) -> str:
+        if not self._started:
+            self._started = True
+            asyncio.get_running_loop().call_later(self._latency, self._fire)
+        await self._event.wait()
         return "token"
 
-    return get_token
+    def _fire(self) -> None:
+        self.fired_at = time.monotonic()
+        self._event.set()
 
 
 def raw_request_get_token(url: str) -> GetToken:
@@ -103,13 +129,9 @@ def raw_request_get_token(url: str) -> GetToken:
 
 async def _trial(name: str, n: int, emulator: Emulator, latency: float) -> dict[str, Any]:
     await emulator.configure(reset=True)
-    # The garbage collector stays on, as in production, but what the harness already holds is
-    # frozen out of it, so each trial pays only for the objects it makes itself.
-    gc.collect()
-    gc.freeze()
-    try:
+    with frozen_heap():
         if name == FLOOR:
-            waits, failures = await fan_in(floor_get_token(latency), n)
+            waits, failures = await fan_in(TimerFloor(latency).get_token, n)
             requests = 0
         elif name == FLOOR_REQUEST:
             waits, failures = await fan_in(raw_request_get_token(emulator.url), n)
@@ -118,8 +140,6 @@ async def _trial(name: str, n: int, emulator: Emulator, latency: float) -> dict[
             async with contender(name, emulator.url) as get_token:
                 waits, failures = await fan_in(get_token, n)
             requests = await emulator.requests()
-    finally:
-        gc.unfreeze()
     waits.sort()
     return {
         "requests": requests,

@@ -7,8 +7,10 @@ coroutine function, so every scenario drives every contender the same way:
   refresh, no clock read on the fast path).
 - ``aioiam on demand``: the same manager without ``async with`` (the caller who finds the token
   due refreshes it; the fast path reads ``time.monotonic()``).
-- ``hand-rolled``: :class:`HandRolledCache`, an ``asyncio.Lock`` around "fetch if missing or
-  expiring" with a shared ``httpx.AsyncClient``: what most teams write.
+- ``hand-rolled (lock)``: :class:`HandRolledCache`, an ``asyncio.Lock`` around "fetch if missing
+  or expiring" with a shared ``httpx.AsyncClient``: what most teams write.
+- ``hand-rolled (event)``: :class:`HandRolledEventCache`, the same cache whose callers wait on one
+  ``asyncio.Event`` while one task fetches: what teams write once the lock's queue bites.
 - ``ibm-cloud-sdk-core``: ``IAMTokenManager.get_token`` called through ``asyncio.to_thread`` (how
   asyncio users call it today: called directly, its request blocks the event loop).
 """
@@ -16,6 +18,7 @@ coroutine function, so every scenario drives every contender the same way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,9 +35,11 @@ __all__ = [
     "CONTENDERS",
     "FLOOR",
     "HAND_ROLLED",
+    "HAND_ROLLED_EVENT",
     "IBM",
     "GetToken",
     "HandRolledCache",
+    "HandRolledEventCache",
     "contender",
     "ibm_token_manager",
 ]
@@ -44,7 +49,8 @@ GetToken = Callable[[], Awaitable[str]]
 API_KEY = "test-api-key"
 AIOIAM = "aioiam"
 AIOIAM_ON_DEMAND = "aioiam on demand"
-HAND_ROLLED = "hand-rolled"
+HAND_ROLLED = "hand-rolled (lock)"
+HAND_ROLLED_EVENT = "hand-rolled (event)"
 IBM = "ibm-cloud-sdk-core"
 FLOOR = "floor: timer"
 CONTENDERS = (AIOIAM, AIOIAM_ON_DEMAND, HAND_ROLLED, IBM)
@@ -54,8 +60,9 @@ class HandRolledCache:
     """What most teams write: an ``asyncio.Lock`` around "fetch if missing or expiring".
 
     It refreshes once 80% of the lifetime has passed (the rule of IBM's own SDK cores), inline, in
-    the caller that holds the lock; every other caller queues on the lock meanwhile. A failed
-    request raises to the caller holding the lock, and the next caller in the queue tries again.
+    the caller that holds the lock; every other caller queues on the lock meanwhile, and enters it
+    one at a time once the token is in. A failed request raises to the caller holding the lock,
+    and the next caller in the queue tries again.
     """
 
     def __init__(
@@ -84,16 +91,74 @@ class HandRolledCache:
     async def get_token(self) -> str:
         async with self._lock:
             if self._token is None or self._clock() >= self._refresh_at:
-                sent = self._clock()
-                self.requests += 1
-                response = await self._client.post(
-                    self._endpoint, data=self._form, headers={"Accept": "application/json"}
-                )
-                response.raise_for_status()
-                body = response.json()
-                self._token = str(body["access_token"])
-                self._refresh_at = sent + float(body["expires_in"]) * self._refresh_fraction
+                return await self._fetch()
             return self._token
+
+    async def _fetch(self) -> str:
+        """One token request; keeps the token and when to refresh it."""
+        sent = self._clock()
+        self.requests += 1
+        response = await self._client.post(self._endpoint, data=self._form, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        body = response.json()
+        token = self._token = str(body["access_token"])
+        self._refresh_at = sent + float(body["expires_in"]) * self._refresh_fraction
+        return token
+
+
+class _Flight:
+    """One request of :class:`HandRolledEventCache` and its outcome, read once ``done`` is set."""
+
+    __slots__ = ("done", "error", "task", "token")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.token = ""
+        self.error: Exception | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class HandRolledEventCache(HandRolledCache):
+    """The hand-rolled cache without the lock's queue: one task fetches, everyone waits on one Event.
+
+    The first caller to find the token missing or due starts a task that makes the request (the
+    same request as :class:`HandRolledCache`'s); it and every later caller wait on that request's
+    ``asyncio.Event``, which wakes them all at once, and read its outcome (the token, or the error
+    to raise). A fresh ``Event`` per request. While the token is fresh, a call checks the clock
+    and returns without yielding; no lock is taken.
+    """
+
+    _flight: _Flight | None = None
+
+    async def get_token(self) -> str:
+        token = self._token
+        if token is not None and self._clock() < self._refresh_at:
+            return token
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = _Flight()
+            flight.task = asyncio.get_running_loop().create_task(self._fly(flight))
+        await flight.done.wait()
+        if flight.error is not None:
+            raise flight.error
+        return flight.token
+
+    async def _fly(self, flight: _Flight) -> None:
+        try:
+            flight.token = await self._fetch()
+        except Exception as exc:
+            flight.error = exc
+        finally:
+            self._flight = None
+            flight.done.set()
+
+    async def aclose(self) -> None:
+        """Cancel a request still in flight (its waiters stay waiting: this cache has no closed state)."""
+        flight = self._flight
+        if flight is not None and flight.task is not None:
+            flight.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flight.task
 
 
 def ibm_token_manager(url: str) -> Any:
@@ -139,6 +204,15 @@ async def contender(
         async with httpx.AsyncClient(transport=transport, timeout=10) as client:
             cache = HandRolledCache(API_KEY, url, client, clock=clock if clock is not None else time.monotonic)
             yield cache.get_token
+    elif name == HAND_ROLLED_EVENT:
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            event_cache = HandRolledEventCache(
+                API_KEY, url, client, clock=clock if clock is not None else time.monotonic
+            )
+            try:
+                yield event_cache.get_token
+            finally:
+                await event_cache.aclose()
     elif name == IBM:
         if transport is not None or clock is not None:
             raise ValueError("ibm-cloud-sdk-core runs only on the wall clock, over real HTTP")

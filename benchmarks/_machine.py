@@ -68,10 +68,15 @@ def describe() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        load: float | None = round(os.getloadavg()[0], 2)  # other work on the machine, at the start
+    except OSError:
+        load = None
     return {
         "cpu": _cpu_model(),
         "cores": affinity,
         "memory_gib": _memory_gib(),
+        "load_average": load,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": _os_name(),
         "kernel": platform.release(),
