@@ -137,7 +137,11 @@ class FakeIAM:
             issued in a broken answer by :meth:`Fault.token`).
         identity_tokens: Instance identity tokens issued by the metadata service, oldest first.
         refresh_tokens: Refresh tokens issued so far, oldest first.
-        api_keys, cr_tokens, profiles, account_id, vpc_default_profile: As given; settable at any time.
+        api_keys: As given (a frozenset, or ``None``); settable at any time, as are the four below.
+        cr_tokens: As given (a frozenset, or ``None``).
+        profiles: As given (a dict of its own).
+        account_id: As given.
+        vpc_default_profile: As given.
         latency: Settable at any time.
         lifetime: Settable at any time.
         down: While true, every request gets ``down_status`` (an outage); queued faults still
