@@ -1,255 +1,147 @@
 """``FakeIAM``: an IAM emulator with scriptable faults, for demos and tests.
 
-It answers ``POST /identity/token`` the way IAM does (form body, JSON answer, IAM-style error
-bodies) and issues JWT-shaped tokens that are not signed by anything. It runs in process as an
-``httpx`` transport (:attr:`FakeIAM.transport`) or over real HTTP on loopback
-(:meth:`FakeIAM.serve`, :meth:`FakeIAM.serve_in_thread`).
+It answers ``POST /identity/token`` the way IAM does for the API-key, compute-resource
+(``cr-token``) and ``assume`` grants (form body, JSON answer, IAM-style error bodies), and the VPC
+instance metadata service's two token calls on the same server. It issues JWT-shaped tokens that
+are not signed by anything. It runs in process as an ``httpx`` transport
+(:attr:`FakeIAM.transport`) or over real HTTP on loopback (:meth:`FakeIAM.serve`,
+:meth:`FakeIAM.serve_in_thread`).
 
 Misbehaviour is scripted per request with :meth:`FakeIAM.fail_next` and a :class:`Fault`, or
 switched on for a while with :attr:`FakeIAM.down` (every answer an error) and
-:attr:`FakeIAM.refusing` (the port is closed).
+:attr:`FakeIAM.refusing` (the port is closed); all of it applies to every endpoint alike.
+
+What each grant checks lives in ``_grants``, the metadata service in ``_vpc``, the faults in
+``_faults``; this module holds the emulator's state, serving, scripting and issuing.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import itertools
 import json
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
-from urllib.parse import parse_qs
+from types import MappingProxyType
+from typing import Any, Final
 
 import anyio
 import httpx
 
+from . import _grants, _vpc
+from ._faults import OMIT, Fault
+from ._grants import GRANT_KEYS, TOKEN_PATH, Refusal, Subject, profile_crn, read_form
 from ._server import DropConnection, ListenSwitch, ServerAddress, serve, serve_in_thread
+from ._vpc import IAM_TOKEN_PATH, IDENTITY_TOKEN_PATH, IdentityGrant, is_metadata_path
 
-__all__ = ["OMIT", "FakeIAM", "Fault"]
+__all__ = ["DEFAULT_PROFILES", "OMIT", "FakeIAM", "Fault"]
 
-APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
-
-#: The start of an answer that a reset cuts off: headers promising a body that never comes.
-TRUNCATED_ANSWER: Final = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2048\r\n\r\n"
-    b'{"token_type": "Bearer", "expires_in": 3600, "access_'
-)
-
-_HTML_PAGE: Final = (
-    b"<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>\n"
-    b"<body><h1>Our apologies</h1><p>The page you requested is unavailable. Please try again later.</p>"
-    b"</body></html>\n"
-)
-
-_DEFAULT_ERRORS: Final[Mapping[int, tuple[str, str]]] = {
-    400: ("BXNIM0415E", "Provided API key could not be found."),
-    401: ("BXNIM0310E", "Client credentials are invalid."),
-    403: ("BXNIM0513E", "You are not authorized to use this API key."),
-    429: ("BXNIM0436E", "Too many requests; please retry later."),
-}
-
-
-class _Omit:
-    """The type of :data:`OMIT`."""
-
-    _instance: _Omit | None = None
-
-    def __new__(cls) -> _Omit:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "OMIT"
-
-
-#: Use as a value in :meth:`Fault.token` to leave a field out of the answer.
-OMIT: Final = _Omit()
+#: The trusted profiles a :class:`FakeIAM` knows by default: id to name.
+DEFAULT_PROFILES: Final[Mapping[str, str]] = MappingProxyType({"Profile-test": "test-profile"})
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour that replaces the emulator's next answer.
+def _jwt(claims: Mapping[str, Any], *, kid: str, signature: str) -> str:
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid}
+    return ".".join([_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()), _b64(signature.encode())])
 
-    Build one with the class methods (:meth:`latency`, :meth:`error`, :meth:`reset`,
-    :meth:`hang`, :meth:`html`, :meth:`invalid_json`, :meth:`token`, :meth:`clock_skew`) and queue
-    it with :meth:`FakeIAM.fail_next`. The fields below are what those methods fill in; building a
-    ``Fault`` by hand still works (``Fault(status=503)`` is an IAM-style 503).
 
-    A fault does not check credentials unless it answers with a token (:meth:`latency`,
-    :meth:`token`, :meth:`clock_skew`): an error or broken answer is sent whatever the request
-    was. Faults do not stack: each one replaces one answer.
+def _accepted(values: Iterable[str] | None, what: str) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """The accepted set and the order it was given in (``None``: anything non-blank)."""
+    if values is None:
+        return None, ()
+    if isinstance(values, str):
+        raise TypeError(f"{what} takes a list of strings, not one string")
+    order = tuple(dict.fromkeys(values))
+    return frozenset(order), order
 
-    Attributes:
-        status: The HTTP status to answer with (unused when ``fields`` is set or with
-            ``connection``).
-        body: The raw body; when ``None`` an IAM-style JSON error body is made for the status.
-        headers: Extra response headers (``Retry-After``, say).
-        error_code: The IAM error code for the generated error body.
-        delay: Extra seconds to wait before the fault happens (slept on the event loop clock).
-        error_message: The IAM error message for the generated body (default: "simulated <status>").
-        fields: When not ``None``, answer as a normal request would (a credential error, or 200
-            with a real token) with these fields of the JSON token answer replaced or added
-            (:data:`OMIT` removes one). The token is issued and recorded as usual.
-        skew: With ``fields``: seconds added to ``iat``, ``exp`` and ``expiration`` (IAM's clock
-            running ahead of the local one); the token's real validity is unchanged.
-        connection: ``"reset"`` cuts the connection after sending ``partial``; ``"hang"`` never
-            answers (until the client gives up).
-        partial: For ``"reset"``: raw bytes of an answer to send before the cut.
-    """
 
-    status: int = 503
-    body: bytes | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    error_code: str = "BXNIM0001E"
-    delay: float = 0.0
-    error_message: str | None = None
-    fields: Mapping[str, Any] | None = None
-    skew: float = 0.0
-    connection: Literal["reset", "hang"] | None = None
-    partial: bytes = b""
+def _first_accepted(accepted: frozenset[str] | None, order: tuple[str, ...], any_value: str, what: str) -> str:
+    if accepted is None:
+        return any_value
+    for value in order:
+        if value in accepted:
+            return value
+    if accepted:  # replaced after construction: any one, but always the same one
+        return min(accepted)
+    raise LookupError(f"this FakeIAM accepts no {what}")
 
-    @classmethod
-    def latency(cls, seconds: float) -> Fault:
-        """A normal answer (token or credential error), ``seconds`` late."""
-        return cls(status=200, fields={}, delay=seconds)
 
-    @classmethod
-    def error(
-        cls,
-        status: int,
-        *,
-        error_code: str | None = None,
-        message: str | None = None,
-        retry_after: float | str | None = None,
-        delay: float = 0.0,
-    ) -> Fault:
-        """An IAM-style JSON error answer.
-
-        Args:
-            status: The HTTP status: 400/401/403 (refused credentials), 429 (rate limited),
-                5xx (IAM failing), or anything else.
-            error_code: IAM's ``errorCode``; by default the usual one for the status
-                (``BXNIM0415E`` for 400, ``BXNIM0310E`` for 401, ``BXNIM0513E`` for 403,
-                ``BXNIM0436E`` for 429, ``BXNIM0001E`` otherwise).
-            message: IAM's ``errorMessage``; by default a plausible one for the status.
-            retry_after: Sent as the ``Retry-After`` header (seconds, or an HTTP date string).
-            delay: Seconds to wait before answering.
-        """
-        default_code, default_message = _DEFAULT_ERRORS.get(status, ("BXNIM0001E", f"simulated {status}"))
-        headers: dict[str, str] = {}
-        if retry_after is not None:
-            headers["Retry-After"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
-        return cls(
-            status=status,
-            headers=headers,
-            error_code=error_code or default_code,
-            error_message=message or default_message,
-            delay=delay,
-        )
-
-    @classmethod
-    def reset(cls, partial: bytes = TRUNCATED_ANSWER, *, delay: float = 0.0) -> Fault:
-        """The connection is reset mid-answer, after the raw bytes ``partial``.
-
-        Over a socket the server sends ``partial`` and closes with a TCP reset: the client sees
-        ``httpx.ReadError`` or ``httpx.RemoteProtocolError`` depending on timing. In process
-        (:attr:`FakeIAM.transport`) it raises ``httpx.ReadError`` ("connection reset by peer").
-        """
-        return cls(status=0, connection="reset", partial=partial, delay=delay)
-
-    @classmethod
-    def hang(cls) -> Fault:
-        """No answer ever comes: the request hangs until the client gives up.
-
-        Over a socket the handler is cancelled when the client times out and disconnects. In
-        process (:attr:`FakeIAM.transport`) httpx's own timeouts do not apply: the request waits
-        until the caller cancels it (as :class:`~aioiam.TokenManager` does after
-        ``request_timeout``). Takes no ``delay``: it never answers anyway.
-        """
-        return cls(status=0, connection="hang")
-
-    @classmethod
-    def html(cls, status: int = 200, *, delay: float = 0.0) -> Fault:
-        """An HTML page instead of JSON, as from a proxy, a load balancer or a captive portal."""
-        return cls(status=status, body=_HTML_PAGE, headers={"Content-Type": "text/html; charset=utf-8"}, delay=delay)
-
-    @classmethod
-    def invalid_json(cls, status: int = 200, *, delay: float = 0.0) -> Fault:
-        """A JSON content type with a body that does not parse (a truncated object)."""
-        return cls(
-            status=status,
-            body=b'{"token_type": "Bearer", "expires_in": 3600, "access_token": "eyJhbGciOiJSUzI1NiIs',
-            headers={"Content-Type": "application/json"},
-            delay=delay,
-        )
-
-    @classmethod
-    def token(cls, *, delay: float = 0.0, **fields: Any) -> Fault:
-        """A 200 token answer with some JSON fields replaced, removed (:data:`OMIT`) or added.
-
-        The token itself is issued as usual and stays valid for the emulator's ``lifetime``
-        whatever the answer claims: ``Fault.token(expires_in=86400)`` is IAM overstating the
-        lifetime, and the JWT's ``exp - iat`` still tells the truth.
-
-        Examples: ``Fault.token(expires_in=0)``, ``Fault.token(expires_in=-5)``,
-        ``Fault.token(expires_in=10**9)``, ``Fault.token(expires_in="3600")``,
-        ``Fault.token(token_type="mac")``, ``Fault.token(access_token=OMIT)``,
-        ``Fault.token(access_token=42)``.
-        """
-        return cls(status=200, fields=dict(fields), delay=delay)
-
-    @classmethod
-    def clock_skew(cls, seconds: float) -> Fault:
-        """A normal token whose ``iat``, ``exp`` and ``expiration`` are ``seconds`` ahead (or behind, if negative).
-
-        Models IAM's clock and the local clock disagreeing. The token's real lifetime is
-        unchanged (and the emulator's :meth:`FakeIAM.is_valid` judges by its own clock).
-        """
-        return cls(status=200, fields={}, skew=seconds)
+def _endpoint(request: httpx.Request, form: Mapping[str, str]) -> str:
+    """The key a request is counted under in :attr:`FakeIAM.requests_by_grant`."""
+    path, method = request.url.path, request.method
+    if method == "POST" and path == TOKEN_PATH:
+        return GRANT_KEYS.get(form.get("grant_type", ""), "other")
+    if method == "PUT" and path == IDENTITY_TOKEN_PATH:
+        return "vpc-identity"
+    if method == "POST" and path == IAM_TOKEN_PATH:
+        return "vpc-iam"
+    return "other"
 
 
 class FakeIAM:
-    """An IAM token endpoint emulator, in process or on loopback, with scriptable faults.
+    """An IAM token endpoint and VPC metadata service emulator, in process or on loopback, with scriptable faults.
 
-    ``FakeIAM`` is a test double, not a model of IAM's every rule: it checks the grant type, the
-    API key (against ``api_keys``) and the client credentials, and issues unsigned JWT-shaped
-    tokens. It does not rate-limit by itself, accept refresh tokens (or any grant but the API-key
-    grant), speak TLS or verify anything about tokens except through :meth:`is_valid`.
+    ``FakeIAM`` is a test double, not a model of IAM's every rule. On ``POST /identity/token`` it
+    answers the API-key grant (checking the key against ``api_keys``), the compute-resource grant
+    (``cr_token`` against ``cr_tokens``, the profile against ``profiles``) and the assume grant (an
+    access token it issued and that is still valid, and a profile), and checks the Basic client
+    credentials when configured. On ``PUT /instance_identity/v1/token`` and ``POST
+    /instance_identity/v1/iam_token`` it plays the VPC instance metadata service. Every trusted
+    profile trusts every compute resource and every identity; profiles live in one account
+    (``account_id``). It does not rate-limit by itself, accept refresh tokens, speak TLS or verify
+    anything about tokens except through :meth:`is_valid` and :meth:`is_valid_identity_token`.
 
     Example::
 
         fake = FakeIAM(lifetime=60)
-        fake.fail_next(2, Fault.error(503))  # the next two answers fail
+        fake.fail_next(2, Fault.error(503))  # the next two answers fail, whatever the endpoint
         fake.fail_next(1, Fault.error(429, retry_after=3))
         fake.fail_next(1, Fault.reset())  # then the connection is cut mid-answer
         async with fake.serve() as address:  # real TCP on 127.0.0.1
-            tm = aioiam.TokenManager("test-api-key", url=address.url)
+            tm = aioiam.TokenManager(fake.api_key, url=fake.url)
 
     Args:
         api_keys: The keys it accepts; ``None`` accepts any non-blank key.
-        lifetime: ``expires_in`` of issued tokens, in seconds (settable at any time).
+        lifetime: ``expires_in`` of issued IAM tokens, in seconds (settable at any time).
         latency: Seconds every answer takes (slept on the event loop clock).
-        client_id: With ``client_secret``, the Basic credentials it expects; then it also issues
-            refresh tokens.
+        client_id: With ``client_secret``, the Basic credentials every grant on
+            ``/identity/token`` must carry; then it also issues refresh tokens.
         client_secret: See ``client_id``.
-        wall_clock: The Unix time used for ``iat``, ``exp``, ``expiration`` and :meth:`is_valid`.
+        wall_clock: The Unix time used for ``iat``, ``exp``, ``expiration``, the metadata
+            service's times, and :meth:`is_valid`.
+        cr_tokens: The compute-resource tokens the ``cr-token`` grant accepts; ``None`` accepts
+            any non-blank token.
+        profiles: The trusted profiles, id to name.
+        account_id: The account the trusted profiles belong to: the ``account.bss`` of their
+            tokens, the ``account`` the assume grant must name, and the account in their CRNs
+            (:meth:`profile_crn`). API-key tokens keep their own account, ``fakeaccount0001``.
+        vpc_default_profile: The profile id the metadata service uses when a request names none;
+            ``None``: no profile is linked to the instance, and such a request gets a 400.
 
     Attributes:
         requests: Requests that reached the emulator so far, faults included. Connections
             refused while :attr:`refusing` never reach it and are not counted.
-        issued: Access tokens issued so far, oldest first (including those issued in a broken
-            answer by :meth:`Fault.token`).
+        requests_by_grant: The same requests by endpoint: ``"apikey"``, ``"cr-token"``,
+            ``"assume"`` (the grants of ``POST /identity/token``), ``"vpc-identity"`` (the
+            metadata service's PUT), ``"vpc-iam"`` (its POST), and ``"other"`` (any other grant
+            type, path or method). The counts always add up to :attr:`requests`.
+        issued: IAM access tokens issued so far by any grant, oldest first (including those
+            issued in a broken answer by :meth:`Fault.token`).
+        identity_tokens: Instance identity tokens issued by the metadata service, oldest first.
         refresh_tokens: Refresh tokens issued so far, oldest first.
+        api_keys: As given (a frozenset, or ``None``); settable at any time, as are the four below.
+        cr_tokens: As given (a frozenset, or ``None``).
+        profiles: As given (a dict of its own).
+        account_id: As given.
+        vpc_default_profile: As given.
         latency: Settable at any time.
         lifetime: Settable at any time.
         down: While true, every request gets ``down_status`` (an outage); queued faults still
@@ -268,25 +160,39 @@ class FakeIAM:
         client_id: str | None = None,
         client_secret: str | None = None,
         wall_clock: Callable[[], float] = time.time,
+        cr_tokens: Iterable[str] | None = ("test-cr-token",),
+        profiles: Mapping[str, str] = DEFAULT_PROFILES,
+        account_id: str = "test-account",
+        vpc_default_profile: str | None = "Profile-test",
     ) -> None:
-        self.api_keys = None if api_keys is None else frozenset(api_keys)
+        self.api_keys, self._api_key_order = _accepted(api_keys, "api_keys")
+        self.cr_tokens, self._cr_token_order = _accepted(cr_tokens, "cr_tokens")
+        self.profiles: dict[str, str] = dict(profiles)
+        self.account_id = account_id
+        self.vpc_default_profile = vpc_default_profile
         self.lifetime = lifetime
         self.latency = latency
         self.client_id = client_id
         self.client_secret = client_secret
         self.wall_clock = wall_clock
         self.requests = 0
+        self.requests_by_grant: Counter[str] = Counter()
         self.issued: list[str] = []
+        self.identity_tokens: list[str] = []
         self.refresh_tokens: list[str] = []
         self._expiry: dict[str, float] = {}
+        self._grant_of: dict[str, str] = {}
+        self._identity_expiry: dict[str, float] = {}
         self.down = False
         self.down_status = 503
         self.in_flight = 0
         self.max_in_flight = 0
         self._faults: deque[Fault] = deque()
         self._request_ids = itertools.count(1)  # Transaction-Id / requestId of every answer
-        self._serial = itertools.count(1)  # issued tokens only, so errors leave no gaps
+        self._serial = itertools.count(1)  # issued IAM tokens only, so errors leave no gaps
+        self._identity_serial = itertools.count(1)
         self._switch = ListenSwitch()
+        self._addresses: list[ServerAddress] = []
         self.transport = httpx.MockTransport(self._handle_in_process)
 
     def __repr__(self) -> str:
@@ -295,18 +201,99 @@ class FakeIAM:
             f"refusing={self.refusing} pending_faults={len(self._faults)}>"
         )
 
+    # ------------------------------------------------------------------ what it accepts
+
+    @property
+    def api_key(self) -> str:
+        """An API key it accepts: the first of ``api_keys`` in the order given.
+
+        With ``api_keys=None`` (any non-blank key) it is ``"test-api-key"``. If ``api_keys`` was
+        replaced after construction by keys not given then, it is the smallest of them.
+
+        Raises:
+            LookupError: It accepts no key at all (``api_keys=[]``).
+        """
+        return _first_accepted(self.api_keys, self._api_key_order, "test-api-key", "API key")
+
+    @property
+    def cr_token(self) -> str:
+        """A compute-resource token it accepts, chosen as :attr:`api_key` is (``"test-cr-token"`` for ``None``).
+
+        Raises:
+            LookupError: It accepts no compute-resource token at all (``cr_tokens=[]``).
+        """
+        return _first_accepted(self.cr_tokens, self._cr_token_order, "test-cr-token", "compute-resource token")
+
+    def profile_crn(self, profile_id: str) -> str:
+        """The CRN of a trusted profile: ``crn:v1:bluemix:public:iam-identity::a/{account_id}::profile:{profile_id}``.
+
+        The CRN of a profile in :attr:`profiles` is accepted wherever a CRN is (``profile_crn``
+        of the assume grant, ``trusted_profile.crn`` of the metadata service). It does not check
+        that the profile exists.
+        """
+        return profile_crn(self.account_id, profile_id)
+
     # ------------------------------------------------------------------ serving
 
     def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> AbstractAsyncContextManager[ServerAddress]:
         """Serve this emulator over real HTTP on loopback, in the current event loop.
 
-        Use as ``async with fake.serve() as address:`` and point a manager at ``address.url``.
+        Use as ``async with fake.serve() as address:`` and point a manager at ``address.url``
+        (also :attr:`url` while serving). IAM's token endpoint and the metadata service share
+        the server.
         """
-        return serve(self.handle, host=host, port=port, switch=self._switch)
+        return self._serving_async(host, port)
 
     def serve_in_thread(self, *, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[ServerAddress]:
-        """Serve over real HTTP on loopback from a thread of its own (for synchronous clients)."""
-        return serve_in_thread(self.handle, host=host, port=port, switch=self._switch)
+        """Serve over real HTTP on loopback from a thread of its own (for synchronous code and fixtures).
+
+        The server runs an asyncio loop on a daemon thread; the emulator's faults, switches and
+        counts can be used from the calling thread. ``latency`` and fault delays run on that
+        thread's real clock.
+        """
+        return self._serving_in_thread(host, port)
+
+    @contextlib.asynccontextmanager
+    async def _serving_async(self, host: str, port: int) -> AsyncIterator[ServerAddress]:
+        async with serve(self.handle, host=host, port=port, switch=self._switch) as address:
+            with self._listed(address):
+                yield address
+
+    @contextlib.contextmanager
+    def _serving_in_thread(self, host: str, port: int) -> Iterator[ServerAddress]:
+        with serve_in_thread(self.handle, host=host, port=port, switch=self._switch) as address, self._listed(address):
+            yield address
+
+    @contextlib.contextmanager
+    def _listed(self, address: ServerAddress) -> Iterator[None]:
+        self._addresses.append(address)
+        try:
+            yield
+        finally:
+            self._addresses.remove(address)
+
+    @property
+    def address(self) -> ServerAddress | None:
+        """Where it is being served (the oldest server still running), or ``None`` when it is not."""
+        return self._addresses[0] if self._addresses else None
+
+    @property
+    def url(self) -> str:
+        """The base URL it is served at, e.g. ``http://127.0.0.1:8123``.
+
+        Point a :class:`~aioiam.TokenManager` at it (``url=fake.url``), and the VPC metadata
+        source too: the metadata service answers on the same server.
+
+        Raises:
+            RuntimeError: It is not being served (in process, use :attr:`transport` instead).
+        """
+        address = self.address
+        if address is None:
+            raise RuntimeError(
+                "this FakeIAM is not being served: use `async with fake.serve():` or "
+                "`with fake.serve_in_thread():` (or the fake_iam fixture), or fake.transport in process"
+            )
+        return address.url
 
     @property
     def refusing(self) -> bool:
@@ -332,7 +319,7 @@ class FakeIAM:
 
         Faults queue up in order: ``fail_next(2, Fault.error(503)); fail_next(1, Fault.hang())``
         fails two requests, hangs the third, and answers normally from the fourth on. A queued
-        fault wins over :attr:`down`.
+        fault wins over :attr:`down`. The next requests are the next ones on any endpoint.
         """
         fault = fault if fault is not None else Fault(**kwargs)
         self._faults.extend([fault] * count)
@@ -349,7 +336,7 @@ class FakeIAM:
     # ------------------------------------------------------------------ checking
 
     def is_valid(self, access_token: str, now: float | None = None) -> bool:
-        """Whether ``access_token`` was issued here and has not expired (a service's check).
+        """Whether ``access_token`` is an IAM token issued here (by any grant) that has not expired (a service's check).
 
         Args:
             access_token: The bearer token a service received.
@@ -360,21 +347,33 @@ class FakeIAM:
             return False
         return expires_at > (self.wall_clock() if now is None else now)
 
+    def is_valid_identity_token(self, identity_token: str, now: float | None = None) -> bool:
+        """Whether ``identity_token`` is an instance identity token issued here that has not expired."""
+        expires_at = self._identity_expiry.get(identity_token)
+        if expires_at is None:
+            return False
+        return expires_at > (self.wall_clock() if now is None else now)
+
     def expires_at(self, access_token: str) -> float | None:
-        """When a token issued here expires (on ``wall_clock``), or ``None`` if unknown."""
+        """When an IAM token issued here expires (on ``wall_clock``), or ``None`` if unknown."""
         return self._expiry.get(access_token)
+
+    def grant_of(self, access_token: str) -> str | None:
+        """Which endpoint issued an IAM token (a :attr:`requests_by_grant` key), or ``None`` if not issued here."""
+        return self._grant_of.get(access_token)
 
     def secrets(self) -> list[str]:
         """Every secret this emulator knows or gave out, for leak audits.
 
-        The accepted API keys, the client secret and its Basic credentials, and every access and
-        refresh token issued (with the payload and signature parts of each JWT on their own).
+        The accepted API keys and compute-resource tokens, the client secret and its Basic
+        credentials, and every access, refresh and instance identity token issued (with the
+        payload and signature parts of each JWT on their own).
         """
-        found: list[str] = list(self.api_keys or ())
+        found: list[str] = [*(self.api_keys or ()), *(self.cr_tokens or ())]
         if self.client_id is not None and self.client_secret is not None:
             found.append(self.client_secret)
             found.append(base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode("ascii"))
-        for token in self.issued:
+        for token in [*self.issued, *self.identity_tokens]:
             found.append(token)
             found.extend(token.split(".")[1:])
         found.extend(self.refresh_tokens)
@@ -383,14 +382,16 @@ class FakeIAM:
     # ------------------------------------------------------------------ answering
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one request as IAM would, or as the next queued fault says.
+        """Answer one request as IAM or the metadata service would, or as the next queued fault says.
 
         Raises:
             DropConnection: For a :meth:`Fault.reset`, and for a request that arrives on an open
                 connection while :attr:`refusing`. The server turns it into a cut connection;
                 :attr:`transport` into ``httpx.ReadError``.
         """
+        form = read_form(request) if request.url.path == TOKEN_PATH else {}
         self.requests += 1
+        self.requests_by_grant[_endpoint(request, form)] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -406,11 +407,12 @@ class FakeIAM:
                 if fault.connection == "reset":
                     raise DropConnection(fault.partial, reset=True)
                 if fault.fields is not None:
-                    return self._answer(request, fault)
-                return self._fault_response(fault)
+                    return self._answer(request, form, fault)
+                return self._fault_response(request, fault)
             if self.down:
-                return self._error(self.down_status, "BXNIM0001E", "IAM is down (simulated outage)")
-            return self._answer(request, None)
+                outage = _vpc.outage if is_metadata_path(request.url.path) else _grants.outage
+                return self._refuse(request, outage(self.down_status))
+            return self._answer(request, form, None)
         finally:
             self.in_flight -= 1
 
@@ -422,97 +424,98 @@ class FakeIAM:
         except DropConnection:
             raise httpx.ReadError("[Errno 104] Connection reset by peer", request=request) from None
 
-    def _transaction_headers(self) -> dict[str, str]:
-        return {"Transaction-Id": f"fake-{next(self._request_ids)}"}
+    def _id_headers(self, request: httpx.Request) -> dict[str, str]:
+        """A fresh request id, in IAM's header (``Transaction-Id``) or the metadata service's (``X-Request-Id``)."""
+        name = "X-Request-Id" if is_metadata_path(request.url.path) else "Transaction-Id"
+        return {name: f"fake-{next(self._request_ids)}"}
 
-    def _error(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> httpx.Response:
-        tid = self._transaction_headers()
-        body = {
-            "errorCode": code,
-            "errorMessage": message,
-            "context": {"requestId": tid["Transaction-Id"], "requestType": "incoming.Identity_Token"},
-        }
-        return httpx.Response(status, json=body, headers={**tid, **(headers or {})})
+    def _refuse(
+        self, request: httpx.Request, refusal: Refusal, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        ids = self._id_headers(request)
+        if is_metadata_path(request.url.path):
+            body = _vpc.error_body(refusal, ids["X-Request-Id"])
+        else:
+            body = _grants.error_body(refusal, ids["Transaction-Id"])
+        return httpx.Response(refusal.status, json=body, headers={**ids, **(headers or {})})
 
-    def _fault_response(self, fault: Fault) -> httpx.Response:
+    def _fault_response(self, request: httpx.Request, fault: Fault) -> httpx.Response:
         if fault.body is not None:
-            return httpx.Response(
-                fault.status, content=fault.body, headers={**self._transaction_headers(), **fault.headers}
-            )
+            headers = {**self._id_headers(request), **fault.headers}
+            return httpx.Response(fault.status, content=fault.body, headers=headers)
         message = fault.error_message or f"simulated {fault.status}"
-        return self._error(fault.status, fault.error_code, message, fault.headers)
+        return self._refuse(request, Refusal(fault.status, fault.error_code, message), fault.headers)
 
-    def _answer(self, request: httpx.Request, fault: Fault | None) -> httpx.Response:
-        if request.method != "POST" or request.url.path != "/identity/token":
-            return self._error(404, "BXNIM0404E", "Not found")
-        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            return self._error(400, "BXNIM0109E", "Content type not supported")
-        form = {k: v[0] for k, v in parse_qs(request.content.decode("utf-8", "replace")).items()}
-        if form.get("grant_type") != APIKEY_GRANT:
-            return self._error(400, "BXNIM0308E", "Grant type not supported")
-        key = form.get("apikey", "")
-        if not key.strip() or (self.api_keys is not None and key not in self.api_keys):
-            return self._error(400, "BXNIM0415E", "Provided API key could not be found.")
-        with_refresh = False
-        if self.client_id is not None:
-            if not self._basic_ok(request.headers.get("authorization")):
-                return self._error(401, "BXNIM0310E", "Client credentials are invalid")
-            with_refresh = True
-        return self._issue(form.get("scope"), with_refresh, fault)
-
-    def _basic_ok(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
-            return False
-        try:
-            pair = base64.b64decode(header[6:], validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return pair == f"{self.client_id}:{self.client_secret}"
-
-    def _issue(self, scope: str | None, with_refresh: bool, fault: Fault | None) -> httpx.Response:
-        exact_now = self.wall_clock()
+    def _answer(self, request: httpx.Request, form: Mapping[str, str], fault: Fault | None) -> httpx.Response:
+        if is_metadata_path(request.url.path):
+            outcome = _vpc.decide(self, request)
+        else:
+            outcome = _grants.decide(self, request, form)
+        if isinstance(outcome, Refusal):
+            return self._refuse(request, outcome)
         skew = fault.skew if fault is not None else 0.0
-        now = int(exact_now + skew)  # IAM's claims are whole seconds, on IAM's clock
-        lifetime = self.lifetime
-        serial = next(self._serial)
-        claims = {
-            "iam_id": "IBMid-fake0001",
-            "id": "IBMid-fake0001",
-            "sub": "fake@example.com",
-            "iat": now,
-            "exp": now + int(lifetime),
-            "iss": "https://iam.cloud.ibm.com/identity",
-            "grant_type": APIKEY_GRANT,
-            "scope": scope or "ibm openid",
-            "client_id": "default",
-            "account": {"bss": "fakeaccount0001", "valid": True},
-            "jti": str(uuid.uuid4()),
-        }
-        header = {"alg": "RS256", "typ": "JWT", "kid": "fake"}
-        access_token = ".".join(
-            [
-                _b64(json.dumps(header).encode()),
-                _b64(json.dumps(claims).encode()),
-                _b64(f"fake-signature-{serial}-{uuid.uuid4().hex}".encode()),
-            ]
-        )
-        self.issued.append(access_token)
-        self._expiry[access_token] = exact_now + lifetime
-        refresh_token = "not_supported"
-        if with_refresh:
-            refresh_token = f"fake-refresh-{serial}-{uuid.uuid4().hex}"
-            self.refresh_tokens.append(refresh_token)
-        body: dict[str, Any] = {
-            "access_token": access_token,
-            "refresh_token": refresh_token,
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "expiration": now + int(lifetime),
-            "scope": scope or "ibm openid",
-        }
+        if isinstance(outcome, IdentityGrant):
+            body = self._issue_identity_token(outcome.expires_in, skew)
+        else:
+            body = self._issue(outcome, skew)
         for name, value in (fault.fields or {}).items() if fault is not None else ():
             if value is OMIT:
                 body.pop(name, None)
             else:
                 body[name] = value
-        return httpx.Response(200, json=body, headers=self._transaction_headers())
+        return httpx.Response(200, json=body, headers=self._id_headers(request))
+
+    def _issue(self, subject: Subject, skew: float) -> dict[str, Any]:
+        """Issue an IAM token to ``subject``; the answer's JSON body."""
+        exact_now = self.wall_clock()
+        now = int(exact_now + skew)  # IAM's claims are whole seconds, on IAM's clock
+        lifetime = self.lifetime
+        serial = next(self._serial)
+        scope = subject.scope or "ibm openid"
+        claims = {
+            **subject.identity,
+            "iat": now,
+            "exp": now + int(lifetime),
+            "iss": "https://iam.cloud.ibm.com/identity",
+            "grant_type": subject.grant_type,
+            "scope": scope,
+            "client_id": "default",
+            "account": {"bss": subject.account_id, "valid": True},
+            "jti": str(uuid.uuid4()),
+        }
+        access_token = _jwt(claims, kid="fake", signature=f"fake-signature-{serial}-{uuid.uuid4().hex}")
+        self.issued.append(access_token)
+        self._expiry[access_token] = exact_now + lifetime
+        self._grant_of[access_token] = subject.grant
+        if subject.grant == "vpc-iam":
+            return _vpc.iam_token_answer(access_token, now, lifetime)
+        refresh_token = "not_supported"
+        if subject.with_refresh:
+            refresh_token = f"fake-refresh-{serial}-{uuid.uuid4().hex}"
+            self.refresh_tokens.append(refresh_token)
+        return {
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "expiration": now + int(lifetime),
+            "scope": scope,
+        }
+
+    def _issue_identity_token(self, expires_in: int, skew: float) -> dict[str, Any]:
+        """Issue an instance identity token; the metadata service's JSON answer."""
+        exact_now = self.wall_clock()
+        created = exact_now + skew
+        serial = next(self._identity_serial)
+        claims = {
+            "sub": f"crn:v1:bluemix:public:is:us-south-1:a/{self.account_id}::instance:fake-instance-0001",
+            "account_id": self.account_id,
+            "iat": int(created),
+            "exp": int(created) + expires_in,
+            "iss": "https://api.metadata.cloud.ibm.com",
+            "jti": str(uuid.uuid4()),
+        }
+        token = _jwt(claims, kid="fake-vpc", signature=f"fake-identity-{serial}-{uuid.uuid4().hex}")
+        self.identity_tokens.append(token)
+        self._identity_expiry[token] = exact_now + expires_in
+        return _vpc.identity_token_answer(token, created, expires_in)

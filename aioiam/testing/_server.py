@@ -291,12 +291,19 @@ async def _serve_connection(stream: SocketStream, handler: Handler, host_header:
                 if k.lower() not in ("content-length", "transfer-encoding", "connection")
             ]
             out_headers.append(("content-length", str(len(content))))
-            try:
-                await stream.send(
-                    conn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=b"")) or b""
+            # One send for the whole answer: with the head and the body sent apart, Nagle's algorithm
+            # holds the body back until the client acknowledges the head, which a client on a
+            # kept-alive connection delays by ~40 ms.
+            raw = b"".join(
+                conn.send(event) or b""
+                for event in (
+                    h11.Response(status_code=response.status_code, headers=out_headers, reason=b""),
+                    h11.Data(data=content),
+                    h11.EndOfMessage(),
                 )
-                await stream.send(conn.send(h11.Data(data=content)) or b"")
-                await stream.send(conn.send(h11.EndOfMessage()) or b"")
+            )
+            try:
+                await stream.send(raw)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
