@@ -179,6 +179,8 @@ def summary(report: DemoReport) -> list[str]:
     answers = [_plural(report.tokens_issued, "token")]
     if report.failed_attempts:
         answers.append(f"{_plural(report.failed_attempts, 'failed attempt')} during the outage")
+    elif report.outage_started is not None:
+        answers.append("none while IAM was down: no refresh fell in the outage")
     if report.cut_off:
         answers.append(f"{report.cut_off:,} still in flight at the end")
     rows.append(("IAM requests", f"{report.iam_requests:,}", ", ".join(answers)))
