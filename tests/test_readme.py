@@ -1,0 +1,178 @@
+"""Every ```python block in README.md runs, as written, with the built-in emulator standing in for IBM Cloud.
+
+How a block runs:
+
+- A **complete program** (no top-level ``await``) runs alone, in a fresh ``__main__`` namespace, as
+  ``python example.py`` would run it; it starts its own event loop (``anyio.run(main)``).
+- A **fragment** (top-level ``await``, which only the asyncio REPL, ``python -m asyncio``, accepts)
+  runs the way that REPL would run it, after the imports of the blocks above it (a reader who
+  followed the README has them), with ``api_key`` defined: the README's name for the reader's key.
+
+What is substituted, the same way for every block (no block needs an IBM account or the network):
+
+- ``aioiam.TokenManager`` made for IBM's IAM (its default URL, or any https URL on ``cloud.ibm.com``)
+  with no ``transport``, ``http_client`` or ``source`` of its own talks to a :class:`FakeIAM`
+  through ``FakeIAM.transport``; that emulator accepts any key.
+- ``httpx.AsyncClient`` made with no ``transport`` sends requests for IBM Cloud hosts to an
+  in-process stand-in service that answers 200 only to a bearer token that emulator issued, and
+  fails the test on anything else (so an example that stops sending its token fails here); requests
+  to loopback (``FakeIAM.serve()``) go out for real; a request to any other host fails the test.
+  The manager's own client is an ``httpx.AsyncClient`` too, so a manager pointed at loopback keeps
+  talking to the emulator it was pointed at.
+
+A block that raises fails its test; so does a complete program that defines ``async def`` code but
+starts no event loop (it would run nothing), and a README whose ```python fences this file cannot
+all find.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import ipaddress
+import linecache
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import aioiam
+from aioiam.testing import FakeIAM
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+IBM_CLOUD_DOMAINS = ("cloud.ibm.com", "appdomain.cloud")
+#: What a README fragment calls the reader's own API key.
+GIVEN_NAMES: dict[str, Any] = {"api_key": "my-ibm-cloud-api-key"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One ```python block of the README: where it starts and its code."""
+
+    line: int  # the README line of its first line of code
+    code: str
+
+
+def python_blocks(text: str) -> list[Block]:
+    """Every ```python fenced block of ``text``, in order."""
+    return [
+        Block(text.count("\n", 0, match.start("code")) + 1, match.group("code"))
+        for match in re.finditer(r"^```python\n(?P<code>.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    ]
+
+
+BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
+
+
+def compiled(block: Block) -> Any:
+    """``block`` compiled as README.md, at its own line numbers, with top-level ``await`` allowed."""
+    filename = str(README)
+    source = "\n" * (block.line - 1) + block.code
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)  # tracebacks
+    return compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+
+
+def imports_above(block: Block) -> str:
+    """The import statements of the blocks above ``block``."""
+    lines: list[str] = []
+    for earlier in BLOCKS[: BLOCKS.index(block)]:
+        for node in ast.parse(earlier.code).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                lines.append(ast.unparse(node))
+    return "\n".join(lines)
+
+
+def is_ibm_cloud(host: str) -> bool:
+    return any(host == domain or host.endswith(f".{domain}") for domain in IBM_CLOUD_DOMAINS)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> FakeIAM:
+    """Stand in for IBM Cloud as the module docstring says; return the emulator playing IAM."""
+    fake = FakeIAM(api_keys=None)
+
+    class EmulatedIAM(aioiam.TokenManager):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            url = httpx.URL(kwargs.get("url", "https://iam.cloud.ibm.com"))
+            own = any(kwargs.get(name) is not None for name in ("transport", "http_client", "source"))
+            if url.scheme == "https" and is_ibm_cloud(url.host) and not own:
+                kwargs["transport"] = fake.transport
+            super().__init__(*args, **kwargs)
+
+    def ibm_cloud_service(request: httpx.Request) -> httpx.Response:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not fake.is_valid(token):
+            raise AssertionError(f"a README example called {request.url} without a token FakeIAM issued")
+        return httpx.Response(200, json={"resources": []})
+
+    class Offline(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self._ibm_cloud = httpx.MockTransport(ibm_cloud_service)
+            self._loopback = httpx.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if is_ibm_cloud(request.url.host):
+                return await self._ibm_cloud.handle_async_request(request)
+            if is_loopback(request.url.host):
+                return await self._loopback.handle_async_request(request)
+            raise AssertionError(f"a README example tried to reach {request.url.host}")
+
+        async def aclose(self) -> None:
+            await self._loopback.aclose()
+
+    class OfflineClient(httpx.AsyncClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("transport") is None and not kwargs.get("mounts"):
+                kwargs["transport"] = Offline()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(aioiam, "TokenManager", EmulatedIAM)
+    monkeypatch.setattr(httpx, "AsyncClient", OfflineClient)
+    return fake
+
+
+def test_every_python_fence_is_found() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(BLOCKS) == text.count("```python") >= 3
+
+
+@pytest.fixture
+def loops_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records each event loop a block starts with ``anyio.run`` or ``asyncio.run``."""
+    started: list[str] = []
+    for module in (anyio, asyncio):
+        run = module.run
+
+        def counting(*args: Any, _run: Any = run, _name: str = module.__name__, **kwargs: Any) -> Any:
+            started.append(_name)
+            return _run(*args, **kwargs)
+
+        monkeypatch.setattr(module, "run", counting)
+    return started
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"README.md:{block.line}" for block in BLOCKS])
+def test_readme_example_runs(block: Block, offline: FakeIAM, loops_run: list[str]) -> None:
+    code = compiled(block)
+    if not code.co_flags & inspect.CO_COROUTINE:
+        exec(code, {"__name__": "__main__"})  # noqa: S102 (the README's own code)
+        defines_async = any(isinstance(node, ast.AsyncFunctionDef) for node in ast.parse(block.code).body)
+        assert loops_run or not defines_async, "the example defines async code but never runs it"
+        return
+    namespace: dict[str, Any] = {"__name__": "__main__", **GIVEN_NAMES}
+    exec(imports_above(block), namespace)  # noqa: S102
+    asyncio.run(eval(code, namespace))  # noqa: S307 (a coroutine, as python -m asyncio runs it)
