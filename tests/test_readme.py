@@ -13,6 +13,8 @@ What is substituted, the same way for every block (no block needs an IBM account
 - ``aioiam.TokenManager`` made for IBM's IAM (its default URL, or any https URL on ``cloud.ibm.com``)
   with no ``transport``, ``http_client`` or ``source`` of its own talks to a :class:`FakeIAM`
   through ``FakeIAM.transport``; that emulator accepts any key.
+- ``aiohttp.ClientSession`` gets a last middleware that sends requests for IBM Cloud hosts, with
+  the headers the example's middlewares set, to the same stand-in service served on loopback.
 - ``httpx.AsyncClient`` made with no ``transport`` sends requests for IBM Cloud hosts to an
   in-process stand-in service that answers 200 only to a bearer token that emulator issued, and
   fails the test on anything else (so an example that stops sending its token fails here); requests
@@ -33,16 +35,20 @@ import inspect
 import ipaddress
 import linecache
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import httpx
 import pytest
+from yarl import URL
 
 import aioiam
 from aioiam.testing import FakeIAM
+from aioiam.testing._server import serve_in_thread
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 IBM_CLOUD_DOMAINS = ("cloud.ibm.com", "appdomain.cloud")
@@ -101,7 +107,7 @@ def is_loopback(host: str) -> bool:
 
 
 @pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> FakeIAM:
+def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIAM]:
     """Stand in for IBM Cloud as the module docstring says; return the emulator playing IAM."""
     fake = FakeIAM(api_keys=None)
 
@@ -142,7 +148,42 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> FakeIAM:
 
     monkeypatch.setattr(aioiam, "TokenManager", EmulatedIAM)
     monkeypatch.setattr(httpx, "AsyncClient", OfflineClient)
-    return fake
+
+    refused: list[str] = []  # what the stand-in served on loopback refused: the example may not raise
+
+    async def served(request: httpx.Request) -> httpx.Response:
+        try:
+            return ibm_cloud_service(request)
+        except AssertionError as exc:
+            refused.append(str(exc))
+            return httpx.Response(401)
+
+    with serve_in_thread(served) as stand_in:
+        monkeypatch.setattr(aiohttp, "ClientSession", offline_aiohttp_session(stand_in.url))
+        yield fake
+    assert refused == []
+
+
+def offline_aiohttp_session(stand_in: str) -> Callable[..., aiohttp.ClientSession]:
+    """``aiohttp.ClientSession`` whose requests to IBM Cloud, once every middleware of the
+    example's has run (so with the token it set), go to the stand-in service on loopback instead;
+    loopback goes out as is, and any other host fails the test."""
+    base = URL(stand_in)
+
+    async def reroute(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        host = request.url.host or ""
+        if is_ibm_cloud(host):
+            request.url = base.with_path(request.url.path).with_query(request.url.query)
+        elif not is_loopback(host):
+            raise AssertionError(f"a README example tried to reach {host}")
+        return await handler(request)
+
+    session = aiohttp.ClientSession  # aiohttp discourages subclassing it: wrap it instead
+
+    def offline_session(*args: Any, middlewares: Sequence[Any] = (), **kwargs: Any) -> aiohttp.ClientSession:
+        return session(*args, middlewares=(*middlewares, reroute), **kwargs)
+
+    return offline_session
 
 
 def test_every_python_fence_is_found() -> None:
