@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 import aioiam
-from aioiam import _cli
+from aioiam._cli import arguments as cli_arguments
+from aioiam._cli import demo as cli_demo
 from aioiam._cli import DemoReport, main, run_demo, summary
 
 
@@ -85,7 +86,7 @@ async def test_demo_puts_a_stall_with_a_token_in_hand_down_to_the_machine(monkey
                 offset += 0.1
             return token
 
-    monkeypatch.setattr(_cli, "TokenManager", StallingManager)
+    monkeypatch.setattr(cli_demo, "TokenManager", StallingManager)
     lines: list[str] = []
     report = await run_demo(workers=10, seconds=4, lifetime=6, clock=clock, out=lines.append, seed=4)
     assert StallingManager.stalled
@@ -161,7 +162,7 @@ def test_demo_exit_status_is_one_only_when_aioiam_broke_a_guarantee(
     async def fake_run_demo(**kwargs: object) -> DemoReport:
         return report
 
-    monkeypatch.setattr(_cli, "run_demo", fake_run_demo)
+    monkeypatch.setattr(cli_demo, "run_demo", fake_run_demo)
     assert main(["demo"]) == status
     assert report.ok == (report.problems() == [])
 
@@ -193,7 +194,7 @@ def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_cli_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     err = usage_error([], capsys)
-    assert err.splitlines()[-1] == "aioiam: error: no command given (try 'aioiam demo', or 'aioiam --help')"
+    assert err.splitlines()[-1] == "aioiam: error: no command given (try 'aioiam demo', 'aioiam token', or 'aioiam --help')"
 
 
 def test_cli_rejects_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +228,7 @@ def test_cli_accepts_the_edges_of_each_range(monkeypatch: pytest.MonkeyPatch) ->
         seen.append((workers, seconds, lifetime, latency))
         return DemoReport()
 
-    monkeypatch.setattr(_cli, "run_demo", fake_run_demo)
+    monkeypatch.setattr(cli_demo, "run_demo", fake_run_demo)
     assert main(["demo", "--workers", "1", "--seconds", "0.001", "--lifetime", "0.001", "--latency", "0"]) == 0
     assert seen == [(1, 0.001, 0.001, 0.0)]
 
@@ -235,14 +236,14 @@ def test_cli_accepts_the_edges_of_each_range(monkeypatch: pytest.MonkeyPatch) ->
 def test_demo_on_trio_without_trio_says_so_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert not _cli._trio_missing()  # installed for the tests: the check sees it
+    assert not cli_arguments.trio_missing()  # installed for the tests: the check sees it
     monkeypatch.setitem(sys.modules, "trio", None)  # ``import trio`` now raises ImportError
-    assert _cli._trio_missing()
+    assert cli_arguments.trio_missing()
 
     def must_not_run(*args: object, **kwargs: object) -> object:
         raise AssertionError("the demo started without its backend")
 
-    monkeypatch.setattr(anyio, "run", must_not_run)  # the module _cli calls
+    monkeypatch.setattr(anyio, "run", must_not_run)  # the module the demo command calls
     assert main(["demo", "--backend", "trio"]) == 1
     out, err = capsys.readouterr()
     assert out == ""

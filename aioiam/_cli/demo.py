@@ -1,4 +1,4 @@
-"""The ``aioiam`` command line. Today: ``aioiam demo``, the library at work on the built-in emulator.
+"""``aioiam demo``: the library at work on the built-in emulator.
 
 The demo needs no key and no network: thousands of workers call a fake service through
 ``httpx.AsyncClient`` with :class:`~aioiam.IAMAuth`, while :class:`~aioiam.testing.FakeIAM` issues
@@ -36,21 +36,21 @@ fail it, however loaded the machine.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import math
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 import httpx
 
-from . import FetchAttempt, IAMAuth, IAMError, RefreshPolicy, RetryPolicy, TokenManager, __version__
-from .testing import FakeIAM
+from .. import FetchAttempt, IAMAuth, IAMError, RefreshPolicy, RetryPolicy, TokenManager, __version__
+from ..testing import FakeIAM
+from .arguments import number, trio_missing
 
-__all__ = ["WAIT_THRESHOLD", "DemoReport", "main", "run_demo", "summary"]
+__all__ = ["WAIT_THRESHOLD", "DemoReport", "add_command", "run_demo", "summary"]
 
 #: A call after the first token that takes longer than this counts as slow (seconds).
 WAIT_THRESHOLD = 0.050
@@ -523,37 +523,6 @@ class _Narrator(logging.Handler):
         self._say(record.getMessage())
 
 
-def _number(kind: Callable[[str], float], *, minimum: float, inclusive: bool) -> Callable[[str], float]:
-    """An argparse ``type`` that parses a finite ``kind`` (``int`` or ``float``) above ``minimum``.
-
-    ``minimum`` itself is accepted when ``inclusive``. Anything else raises
-    ``argparse.ArgumentTypeError`` with a message naming the bound, which argparse reports as a
-    usage error (exit status 2). It does not check an upper bound.
-    """
-    what = "a whole number" if kind is int else "a finite number"
-    bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _trio_missing() -> bool:
-    """Whether ``import trio`` fails. It imports trio when it can; it does not check trio's version."""
-    try:
-        importlib.import_module("trio")
-    except ImportError:
-        return True
-    return False
-
-
 _DEMO_EPILOG = f"""\
 The summary says OK only when: at most one IAM request was ever in flight; every worker
 got a token; no call after the first token took longer than {_ms(WAIT_THRESHOLD)}; no caller saw an
@@ -567,20 +536,8 @@ build for what is not aioiam's doing.
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``aioiam`` console script. Returns the exit status.
-
-    ``demo`` returns :attr:`DemoReport.exit_status`: 0 when every guarantee held, and also when
-    the only shortfall was calls slowed by the machine with a token in hand (the summary then
-    says ``NOT OK``, and why); 1 when a guarantee of aioiam was broken. 1 also when
-    ``--backend trio`` was asked for without trio installed (one line on stderr, nothing run),
-    130 on Ctrl-C. Bad arguments (no command, an unknown one, a number out of range) do not
-    return: argparse prints the usage and the error on stderr and raises ``SystemExit(2)``; so do
-    ``--help`` and ``--version``, with status 0.
-    """
-    parser = argparse.ArgumentParser(prog="aioiam", description="Asynchronous IBM Cloud IAM tokens.")
-    parser.add_argument("--version", action="version", version=f"aioiam {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` to the command line's subcommands."""
     demo = commands.add_parser(
         "demo",
         help="run thousands of workers against the built-in IAM emulator (no key, no network)",
@@ -588,27 +545,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=_DEMO_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    positive_int = _number(int, minimum=1, inclusive=True)
-    positive = _number(float, minimum=0, inclusive=False)
-    not_negative = _number(float, minimum=0, inclusive=True)
-    demo.add_argument("--workers", type=positive_int, default=2000, help="concurrent workers (default 2000)")
+    positive = number(float, minimum=0, inclusive=False)
+    demo.add_argument(
+        "--workers", type=number(int, minimum=1, inclusive=True), default=2000, help="concurrent workers (default 2000)"
+    )
     demo.add_argument("--seconds", type=positive, default=12.0, help="how long to run (default 12)")
     demo.add_argument("--lifetime", type=positive, default=6.0, help="token lifetime in seconds (default 6)")
-    demo.add_argument("--latency", type=not_negative, default=0.05, help="IAM answer time in seconds (default 0.05)")
+    demo.add_argument(
+        "--latency",
+        type=number(float, minimum=0, inclusive=True),
+        default=0.05,
+        help="IAM answer time in seconds (default 0.05)",
+    )
     demo.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="event loop (default asyncio)")
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.error("no command given (try 'aioiam demo', or 'aioiam --help')")
-    if args.backend == "trio" and _trio_missing():
+    demo.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the demo as the command line asked; :attr:`DemoReport.exit_status`, or 1 without trio."""
+    if args.backend == "trio" and trio_missing():
         print("aioiam demo: error: trio is not installed; pip install trio, or use --backend asyncio", file=sys.stderr)
         return 1
 
     async def go() -> DemoReport:
         return await run_demo(workers=args.workers, seconds=args.seconds, lifetime=args.lifetime, latency=args.latency)
 
-    try:
-        report = anyio.run(go, backend=args.backend)
-    except KeyboardInterrupt:
-        return 130
+    report = anyio.run(go, backend=args.backend)
     sys.stdout.flush()
     return report.exit_status
