@@ -47,12 +47,24 @@ class VirtualLoops:
         return self._before + asyncio.get_running_loop().time()
 
     def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        """``asyncio.run(main())`` on a new virtual-time loop (``asyncio.Runner`` needs 3.11)."""
+
         async def wrapped() -> T:
             return await main()
 
-        with asyncio.Runner(loop_factory=new_virtual_loop) as runner:
-            result = runner.run(wrapped())
-            self._before += runner.get_loop().time()
+        loop: asyncio.AbstractEventLoop = new_virtual_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            result = loop.run_until_complete(wrapped())
+            self._before += loop.time()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
         return result
 
     def pass_time(self, seconds: float) -> None:
