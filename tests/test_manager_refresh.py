@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 
 import anyio
 import anyio.lowlevel
@@ -127,6 +128,19 @@ async def test_on_demand_refresh_that_failed_is_not_resent_within_its_backoff() 
     assert await tm.get_token() == fake.issued[1]  # after it: this caller refreshes
     assert fake.requests == 3
     await tm.aclose()
+
+
+async def test_the_default_clock_is_the_monotonic_clock() -> None:
+    """Without ``clock=``, a token's schedule is in ``time.monotonic()`` readings, not Unix time."""
+    fake = FakeIAM(lifetime=3600)
+    tm = TokenManager("test-api-key", url="http://127.0.0.1:1", transport=fake.transport, refresh=NO_JITTER)
+    before = time.monotonic()
+    token = await tm.get_token_info()
+    after = time.monotonic()
+    await tm.aclose()
+    assert before <= token.obtained_at <= after
+    assert token.expires_at == token.obtained_at + 3600
+    assert before + 2880 <= token.refresh_at <= after + 2880
 
 
 async def test_lifetime_counts_from_when_the_request_was_sent() -> None:
