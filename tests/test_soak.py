@@ -1,4 +1,4 @@
-"""The chaos soak's short version (``python -m benchmarks.soak --quick``), and a bug it found.
+"""The chaos soak's short version (``python -m benchmarks.soak --quick``, a third of its workers), and bugs it found.
 
 The soak itself (workers, faults, outages, invariants) is described in ``benchmarks/soak.py``. In
 memory it runs here on the test's virtual clock, with every invariant strict; over loopback sockets
