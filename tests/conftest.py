@@ -3,6 +3,10 @@
 Virtual time means sleeps and timeouts cost no real time and run in a deterministic order: on trio
 through ``MockClock(autojump_threshold=0)``, on asyncio through ``tests._virtual_time``. Tests that
 talk to a real socket on loopback are marked ``real_time`` and get the real clocks instead.
+
+Hypothesis runs without its two real-time checks (the per-example deadline and the "too slow"
+health check): on a loaded machine either fails a correct test, and a timeout belongs to
+pytest-timeout.
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from typing import Any
 import anyio
 import pytest
 import trio.testing
+from hypothesis import HealthCheck, settings
 
 from tests._virtual_time import new_virtual_loop
+
+settings.register_profile("aioiam", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("aioiam")
 
 
 @pytest.fixture(

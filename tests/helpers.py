@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,17 @@ def make_manager(fake: FakeIAM | None = None, **kwargs: Any) -> TokenManager:
     if "http_client" not in kwargs:
         kwargs.setdefault("transport", fake.transport)
     return TokenManager(kwargs.pop("api_key", KEY), **kwargs)
+
+
+class FixedRandom(random.Random):
+    """A ``random.Random`` whose ``random()`` always returns ``value``: jitter without chance."""
+
+    def __init__(self, value: float = 0.5) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
 
 
 class Recorder:

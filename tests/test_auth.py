@@ -211,6 +211,33 @@ async def test_allowed_hosts_are_configurable() -> None:
 
 
 @pytest.mark.parametrize(
+    ("pattern", "url"),
+    [
+        ("API.Example.COM", "https://api.example.com/v1"),
+        ("api.example.com", "https://API.EXAMPLE.COM/v1"),
+        ("*.Example.COM", "https://eu.api.example.com/v1"),
+        ("Api.Example.Com.", "https://api.example.com./v1"),
+    ],
+)
+async def test_allowed_hosts_match_whatever_the_case(pattern: str, url: str) -> None:
+    seen: list[str | None] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200)
+
+    fake = FakeIAM()
+    tm = make_manager(fake)
+    auth = IAMAuth(tm, allowed_hosts=[pattern], allow_loopback=False)
+    assert auth.may_send_token(httpx.URL(url))
+    assert not auth.may_send_token(httpx.URL("https://api.example.org/v1"))
+    async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(handle)) as client:
+        await client.get(url)
+    assert seen == [f"Bearer {fake.issued[0]}"]
+    await tm.aclose()
+
+
+@pytest.mark.parametrize(
     "pattern", ["https://api.example.com", "api.example.com:443", "api.example.com/x", "a.*.com", "*", ""]
 )
 def test_bad_host_patterns_are_rejected(pattern: str) -> None:

@@ -5,14 +5,19 @@ several concurrent callers (in a first wave, and for errors a second wave) at on
 both modes (inside ``async with``, and on demand). It asserts:
 
 - the outcome: recovery, or the right typed error with a clear message;
-- how many requests the manager sent and the emulator saw, and that retries kept to the backoff
-  schedule (never earlier than the delay the manager announced);
-- how long callers waited (bounded);
+- how many requests the manager sent and the emulator saw, in which order they failed, and that
+  retries kept to the backoff schedule (never earlier than the delay the manager announced);
 - that no expired token was handed out: every token returned is before its ``stale_at`` on the
   manager's clock and valid in the emulator's eyes;
 - the secrets audit: with DEBUG logging captured, no API key, client secret, access or refresh
   token appears in any log record, exception (with its causes), or ``repr``/``str`` of the
   manager, its tokens, ``IAMAuth`` or the hook records.
+
+These tests run on the real clock, so they assert nothing a loaded machine can miss: no upper
+bound on a wait, limits of several seconds wherever a request is answered, short limits only
+against a server that never answers, and a backoff check measured so that lateness can only make
+it pass (see :func:`check_backoff`). Timing itself (waits, backoff delays, refresh windows) is
+pinned on virtual time in ``test_manager_refresh.py``, including every fault during a refresh.
 
 Set ``AIOIAM_MATRIX_REPORT=<file>`` to append one JSON line per run (fault, outcome, requests,
 worst wait): ``docs/failures.md``'s table is made from it.
@@ -22,11 +27,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import itertools
+import dataclasses
 import json
 import logging
 import os
-import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +54,7 @@ from aioiam import (
     TransientIAMError,
 )
 from aioiam.testing import OMIT, FakeIAM, Fault
+from tests.helpers import FixedRandom
 
 pytestmark = [pytest.mark.anyio, pytest.mark.real_time]
 
@@ -59,16 +64,47 @@ CLIENT_SECRET = "SECRET-matrix-client-secret-8a1f60"
 SECRETS = [KEY, CLIENT_SECRET, base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()]
 
 CALLERS = 6
-#: Real-time scheduling slack on a busy shared machine, added to every bound on a wait.
-SLACK = 0.5
-#: Short retries: first delay up to 50 ms, capped at 200 ms; callers give up after 0.3 s; one
-#: request may take 0.15 s.
-FAST = RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=0.3, request_timeout=0.15)
-#: For errors that are not retried: a cooldown long enough that the second wave is inside it.
-#: One TLS context for every manager: making one per manager costs ~20 ms, and these managers
-#: talk plain http to loopback anyway.
+#: Every manager here draws 0.5 for its jitter, so backoff delays are known in advance.
+#: Short retries (25 ms, then 50 ms, ...) but generous limits: a caller waits up to 10 s and one
+#: request may take 5 s, while loopback answers in milliseconds even on a loaded machine.
+FAST = RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=10, request_timeout=5)
+#: For outages: 25 ms after the first failure, 25 s after the second, which is past every
+#: caller's 10 s: callers give up after exactly two requests instead of waiting out the timeout.
+OUTAGE = RetryPolicy(initial_delay=0.05, multiplier=1000, max_delay=60, timeout=10, request_timeout=5)
+#: For a server that never answers: any request timeout is hit, so it can be short (one second,
+#: which an answered retry never comes near).
+HANG = RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=10, request_timeout=1)
+#: Outages of a server that never answers: its requests are cut off after 0.2 s.
+HANG_OUTAGE = dataclasses.replace(OUTAGE, request_timeout=0.2)
+#: For errors that are not retried: a 30 s cooldown, which the second wave is always inside.
+COOLDOWN = RetryPolicy(initial_delay=30, max_delay=60, timeout=10, request_timeout=5)
+#: One TLS context for every transport: making one costs ~20 ms, and these managers talk plain
+#: http to loopback anyway.
 TLS = ssl.create_default_context()
-COOLDOWN = RetryPolicy(initial_delay=1.0, max_delay=2.0, timeout=0.3, request_timeout=0.15)
+
+
+class TimedTransport(httpx.AsyncBaseTransport):
+    """The manager's transport to loopback, recording when each request went out and ended.
+
+    ``times[i]`` is ``(sent, ended)`` on the test's clock: when the request reached the transport
+    (after the manager decided to send it) and when its answer's headers or its error came back
+    (before the manager looked at them). Like the manager's own client, it keeps no connection
+    alive.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport(verify=TLS, limits=httpx.Limits(max_keepalive_connections=0))
+        self.times: list[tuple[float, float]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        sent = anyio.current_time()
+        try:
+            return await self._inner.handle_async_request(request)
+        finally:
+            self.times.append((sent, anyio.current_time()))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @pytest.fixture(params=["background", "on_demand"])
@@ -96,8 +132,10 @@ class Run:
     waves: list[list[Call]]
     sent_after_wave: list[int]  # tm.request_count after each wave
     seen_after_wave: list[int]  # fake.requests after each wave
-    attempts: list[tuple[float, FetchAttempt]]  # (clock at the end of the attempt, attempt)
+    attempts: list[tuple[float, FetchAttempt]]  # (clock when the hook ran, attempt)
     texts: list[str] = field(default_factory=list)
+    #: (sent, ended) of each request, from :class:`TimedTransport`.
+    request_times: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def calls(self) -> list[Call]:
@@ -144,6 +182,8 @@ async def run_matrix(
             Call(now - start, token, before_stale=now < token.stale_at, valid_at_iam=fake.is_valid(token.access_token))
         )
 
+    transport = TimedTransport()
+    run.request_times = transport.times
     async with fake.serve() as address:
         tm = TokenManager(
             KEY,
@@ -153,7 +193,8 @@ async def run_matrix(
             retry=retry,
             refresh=refresh,
             clock=anyio.current_time,
-            verify=TLS,
+            rng=FixedRandom(0.5),
+            transport=transport,
             hooks=[record, *hooks],
         )
         async with contextlib.AsyncExitStack() as stack:
@@ -216,13 +257,23 @@ def check_tokens(run: Run) -> None:
 
 
 def check_backoff(run: Run) -> None:
-    """Every retry waited at least the delay announced after the failure before it."""
-    for (end, before), (after_end, after) in itertools.pairwise(run.attempts):
-        if before.ok:
+    """Every retry went out at least the announced delay after the failure before it ended.
+
+    Measured at the transport: a failure's end is taken before the manager reads its clock to
+    start the backoff, and a retry's start after the manager decided to send it. However late the
+    event loop runs, both errors make the gap look longer, never shorter, so only a retry sent
+    too early can fail this.
+    """
+    times = run.request_times
+    # Every attempt made one request; one more may have been cut off by the manager closing.
+    assert len(run.attempts) <= len(times) <= len(run.attempts) + 1, (len(run.attempts), len(times))
+    for index, (_, attempt) in enumerate(run.attempts):
+        if attempt.ok or index + 1 == len(times):
             continue
-        assert before.next_attempt_in is not None
-        start = after_end - after.duration
-        assert start >= end + before.next_attempt_in - 0.01, "a retry came before its backoff delay"
+        assert attempt.next_attempt_in is not None
+        failed_at = times[index][1]
+        retried_at = times[index + 1][0]
+        assert retried_at >= failed_at + attempt.next_attempt_in, "a retry came before its backoff delay"
 
 
 def report(fault: str, mode: str, run: Run, outcome: str) -> None:
@@ -257,13 +308,9 @@ def assert_same_error(run: Run, kind: type[IAMError], wave: int = 0) -> IAMError
     assert first is not None
     if kind is IAMUnavailableError:
         # Callers who waited on a request and those who found the backoff too long word it
-        # differently ("no token from IAM within ...", "IAM is unavailable ..."); the cause is one
-        # kind of failure. Its time may differ: an on-demand caller cuts the request it runs off
-        # at its own deadline ("did not answer within 0.125s" instead of the 0.15s timeout).
-        def cause(error: IAMError | None) -> str:
-            return re.sub(r"\d+(\.\d+)?s\b", "<t>s", str(getattr(error, "cause", None)))
-
-        assert {cause(error) for error in errors} == {cause(first)}
+        # differently ("no token from IAM within ...", "IAM is unavailable ..."); the cause, the
+        # last failure, is the same for all.
+        assert {str(getattr(error, "cause", None)) for error in errors} == {str(getattr(first, "cause", None))}
     else:
         assert {str(error) for error in errors} == {str(first)}
     return first
@@ -276,12 +323,13 @@ def assert_same_error(run: Run, kind: type[IAMError], wave: int = 0) -> IAMError
 async def test_latency(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.fail_next(1, Fault.latency(0.1))
-    # A slow answer within the request timeout (here 1 s).
-    retry = RetryPolicy(initial_delay=0.05, max_delay=0.2, timeout=2, request_timeout=1)
-    run = await run_matrix(fake, mode, caplog, retry=retry, waves=(CALLERS, CALLERS))
+    # A slow answer within the request timeout (5 s): one request, not retried.
+    run = await run_matrix(fake, mode, caplog, waves=(CALLERS, CALLERS))
     assert_recovered(run, requests=1)
     assert run.sent_after_wave == [1, 1]  # the second wave is served from the cache
-    assert all(0.1 - 0.01 <= call.waited <= 0.1 + SLACK for call in run.waves[0])
+    assert [attempt.ok for _, attempt in run.attempts] == [True]
+    # The emulator slept 0.1 s after the request reached it, all within the attempt.
+    assert run.attempts[0][1].duration >= 0.1
     check_tokens(run)
     audit(run)
     report("latency 0.1 s", mode, run, "token after the delay")
@@ -294,8 +342,8 @@ async def test_5xx_then_recovery(mode: str, caplog: pytest.LogCaptureFixture) ->
     assert_recovered(run, requests=3)
     assert [a.consecutive_failures for _, a in run.attempts] == [1, 2, 0]
     assert [a.status_code for _, a in run.attempts] == [503, 503, None]
-    # Two retries, each at most its backoff cap (0.05 s, then 0.1 s) after the failure.
-    assert run.worst_wait <= 0.05 + 0.1 + SLACK
+    # Two retries, after half of each backoff cap (the jitter draws 0.5): 25 ms, then 50 ms.
+    assert [a.next_attempt_in for _, a in run.attempts] == [pytest.approx(0.025), pytest.approx(0.05), None]
     check_backoff(run)
     check_tokens(run)
     audit(run)
@@ -305,22 +353,19 @@ async def test_5xx_then_recovery(mode: str, caplog: pytest.LogCaptureFixture) ->
 async def test_5xx_outage_gives_unavailable(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.down = True
-    run = await run_matrix(fake, mode, caplog)
+    run = await run_matrix(fake, mode, caplog, retry=OUTAGE)
     error = assert_same_error(run, IAMUnavailableError)
     assert isinstance(error, IAMUnavailableError)
     assert isinstance(error.cause, TransientIAMError)
     assert error.status_code == 503
-    assert str(error).startswith("no token from IAM within 0.3s; last failure: IAM answered 503") or str(
-        error
-    ).startswith("IAM is unavailable and no usable token is left; last failure: IAM answered 503")
-    # Callers give up at retry.timeout, never much later.
-    assert all(call.waited <= FAST.timeout + SLACK for call in run.calls)
-    # Retried, but no faster than the backoff schedule allows.
-    assert 2 <= run.sent_after_wave[0] <= 25
+    # Retried once; the next backoff (25 s) ends after every caller's deadline, so they give up.
+    assert str(error).startswith("IAM is unavailable and no usable token is left; last failure: IAM answered 503")
+    assert run.sent_after_wave == run.seen_after_wave == [2]
+    assert [a.consecutive_failures for _, a in run.attempts] == [1, 2]
     check_backoff(run)
     check_tokens(run)
     audit(run)
-    report("5xx outage (down)", mode, run, "IAMUnavailableError at retry.timeout")
+    report("5xx outage (down)", mode, run, "IAMUnavailableError once the backoff outlasts retry.timeout")
 
 
 async def test_429_with_retry_after_is_honoured(mode: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -330,8 +375,7 @@ async def test_429_with_retry_after_is_honoured(mode: str, caplog: pytest.LogCap
     assert_recovered(run, requests=2)
     assert run.attempts[0][1].error_code == "BXNIM0436E"
     assert run.attempts[0][1].next_attempt_in == pytest.approx(0.15)
-    assert all(0.15 - 0.01 <= call.waited <= 0.15 + SLACK for call in run.calls)
-    check_backoff(run)
+    check_backoff(run)  # so the retry went out at least 0.15 s after the 429
     check_tokens(run)
     audit(run)
     report("429, Retry-After 0.15 s", mode, run, "token after Retry-After")
@@ -346,7 +390,6 @@ async def test_429_retry_after_beyond_the_timeout_fails_fast(mode: str, caplog: 
     assert error.error_code == "BXNIM0436E"
     assert "Too many requests" in str(error)
     assert run.sent_after_wave == [1, 1]  # IAM asked for 30 s: nobody asks again before that
-    assert run.worst_wait <= SLACK
     assert_same_error(run, IAMUnavailableError, wave=1)
     check_tokens(run)
     audit(run)
@@ -369,7 +412,6 @@ async def test_refused_credentials(status: int, code: str, mode: str, caplog: py
     # Never retried: one request for both waves (the second is inside the cooldown).
     assert run.sent_after_wave == [1, 1]
     assert_same_error(run, InvalidCredentialsError, wave=1)
-    assert run.worst_wait <= SLACK
     check_tokens(run)
     audit(run)
     report(f"{status} (IAM error body)", mode, run, "InvalidCredentialsError at once")
@@ -378,18 +420,17 @@ async def test_refused_credentials(status: int, code: str, mode: str, caplog: py
 async def test_connection_refused_outage(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.refusing = True
-    run = await run_matrix(fake, mode, caplog)
+    run = await run_matrix(fake, mode, caplog, retry=OUTAGE)
     error = assert_same_error(run, IAMUnavailableError)
     assert isinstance(error, IAMUnavailableError)
     assert isinstance(error.cause, TransientIAMError)
     assert "could not reach IAM: ConnectError" in str(error)
     assert run.seen_after_wave == [0]  # nothing ever reached the emulator
-    assert 2 <= run.sent_after_wave[0] <= 25
-    assert all(call.waited <= FAST.timeout + SLACK for call in run.calls)
+    assert run.sent_after_wave == [2]
     check_backoff(run)
     check_tokens(run)
     audit(run)
-    report("connection refused (port closed)", mode, run, "IAMUnavailableError at retry.timeout")
+    report("connection refused (port closed)", mode, run, "IAMUnavailableError once the backoff outlasts retry.timeout")
 
 
 async def test_connection_refused_then_the_port_reopens(mode: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -404,7 +445,7 @@ async def test_connection_refused_then_the_port_reopens(mode: str, caplog: pytes
     assert run.errors() == []
     assert run.sent_after_wave == [3]
     assert run.seen_after_wave == [1]  # the two refused connections never reached it
-    assert run.worst_wait <= 0.05 + 0.1 + SLACK
+    assert [a.ok for _, a in run.attempts] == [False, False, True]
     check_backoff(run)
     check_tokens(run)
     audit(run)
@@ -417,7 +458,6 @@ async def test_reset_mid_response_is_retried(mode: str, caplog: pytest.LogCaptur
     run = await run_matrix(fake, mode, caplog)
     assert_recovered(run, requests=3)
     assert [a.error_type for _, a in run.attempts] == ["TransientIAMError", "TransientIAMError", None]
-    assert run.worst_wait <= 0.05 + 0.1 + SLACK
     check_backoff(run)
     check_tokens(run)
     audit(run)
@@ -427,25 +467,27 @@ async def test_reset_mid_response_is_retried(mode: str, caplog: pytest.LogCaptur
 async def test_reset_every_time_gives_unavailable(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.fail_next(1000, Fault.reset())
-    run = await run_matrix(fake, mode, caplog)
+    run = await run_matrix(fake, mode, caplog, retry=OUTAGE)
     error = assert_same_error(run, IAMUnavailableError)
     assert "could not reach IAM: " in str(error)
     assert ("ReadError" in str(error)) or ("RemoteProtocolError" in str(error))
-    assert all(call.waited <= FAST.timeout + SLACK for call in run.calls)
+    assert run.sent_after_wave == run.seen_after_wave == [2]
     check_backoff(run)
     check_tokens(run)
     audit(run)
-    report("connection reset on every request", mode, run, "IAMUnavailableError at retry.timeout")
+    report(
+        "connection reset on every request", mode, run, "IAMUnavailableError once the backoff outlasts retry.timeout"
+    )
 
 
 async def test_hang_times_out_and_is_retried(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.fail_next(1, Fault.hang())
-    run = await run_matrix(fake, mode, caplog)
+    run = await run_matrix(fake, mode, caplog, retry=HANG)
     assert_recovered(run, requests=2)
-    assert run.attempts[0][1].duration == pytest.approx(FAST.request_timeout, abs=0.1)
-    assert all(FAST.request_timeout - 0.01 <= call.waited <= FAST.request_timeout + 0.05 + SLACK for call in run.calls)
-    assert any("IAM did not answer within 0.15s" in record.getMessage() for record in caplog.records)
+    assert [a.error_type for _, a in run.attempts] == ["TransientIAMError", None]
+    # The emulator never answers: the request is cut off by the manager's request timeout.
+    assert any("IAM did not answer within 1s" in record.getMessage() for record in caplog.records)
     check_backoff(run)
     check_tokens(run)
     audit(run)
@@ -455,16 +497,16 @@ async def test_hang_times_out_and_is_retried(mode: str, caplog: pytest.LogCaptur
 async def test_hang_every_time_gives_unavailable(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     fake.fail_next(1000, Fault.hang())
-    run = await run_matrix(fake, mode, caplog)
+    # Never answered, so a short request timeout (0.2 s) is always hit; callers give up once the
+    # second backoff (25 s) outlasts their 10 s.
+    run = await run_matrix(fake, mode, caplog, retry=HANG_OUTAGE)
     error = assert_same_error(run, IAMUnavailableError)
-    # The request is cut off at request_timeout (0.15 s), or sooner at the caller's own
-    # retry.timeout when an on-demand caller runs it.
-    assert re.search(r"IAM did not answer within 0\.1\d*s", str(error)), str(error)
-    assert all(call.waited <= FAST.timeout + SLACK for call in run.calls)
-    assert run.sent_after_wave[0] <= 3
+    assert str(error) == "IAM is unavailable and no usable token is left; last failure: IAM did not answer within 0.2s"
+    assert run.sent_after_wave == run.seen_after_wave == [2]
+    check_backoff(run)
     check_tokens(run)
     audit(run)
-    report("no answer, every time", mode, run, "IAMUnavailableError at retry.timeout")
+    report("no answer, every time", mode, run, "IAMUnavailableError once the backoff outlasts retry.timeout")
 
 
 async def test_html_with_200(mode: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -476,7 +518,6 @@ async def test_html_with_200(mode: str, caplog: pytest.LogCaptureFixture) -> Non
     assert "<html" not in repr(error)
     assert run.sent_after_wave == [1, 1]
     assert_same_error(run, InvalidResponseError, wave=1)
-    assert run.worst_wait <= SLACK
     check_tokens(run)
     audit(run)
     report("200 with an HTML page", mode, run, "InvalidResponseError at once")
@@ -502,7 +543,6 @@ async def test_invalid_json(mode: str, caplog: pytest.LogCaptureFixture) -> None
     error = assert_same_error(run, InvalidResponseError)
     assert str(error) == "IAM answered 200 but the body is not JSON"
     assert run.sent_after_wave == [1, 1]
-    assert run.worst_wait <= SLACK
     check_tokens(run)
     audit(run)
     report("200 with invalid JSON", mode, run, "InvalidResponseError at once")
@@ -547,7 +587,6 @@ async def test_unusable_token_answer(
     assert str(error) == f"IAM answered 200 but {message}"
     assert error.status_code == 200
     assert run.sent_after_wave == [1, 1]
-    assert run.worst_wait <= SLACK
     check_tokens(run)
     audit(run)  # the issued token in the rejected answer is in fake.secrets()
     name = ", ".join(f"{k}={'(missing)' if v is OMIT else json.dumps(v)}" for k, v in fields.items())
@@ -587,145 +626,6 @@ async def test_expiration_hours_away_from_the_local_clock(
     check_tokens(run)
     audit(run)
     report(f"expiration {hours:+d} h from the local clock", mode, run, "token, one clock-skew warning")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Refresh: the faults hit the refresh of a token that is still usable.
-
-#: 0.3 s tokens, refreshed from half their life: a refresh falls due 0.135-0.15 s after the token
-#: was requested, and the token goes stale at 0.27 s.
-LIFETIME = 0.3
-REFRESH = RefreshPolicy(refresh_fraction=0.5)
-REFRESH_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.05, timeout=0.6, request_timeout=0.15)
-
-#: name: (fault, how many times in a row, whether it outlives the token so callers must wait)
-REFRESH_FAULTS: dict[str, tuple[Fault, int, bool]] = {
-    "503 twice": (Fault.error(503), 2, False),
-    "429, Retry-After 0.02 s": (Fault.error(429, retry_after=0.02), 1, False),
-    "connection reset twice": (Fault.reset(), 2, False),
-    "502 with an HTML page": (Fault.html(502), 1, False),
-    "400 (credentials refused)": (Fault.error(400), 1, False),
-    "200 with invalid JSON": (Fault.invalid_json(), 1, False),
-    "200 with expires_in=0": (Fault.token(expires_in=0), 1, False),
-    "no answer (hang) past the token's stale time": (Fault.hang(), 1, True),
-}
-
-
-class Barrier:
-    """Releases everyone once ``parties`` have arrived."""
-
-    def __init__(self, parties: int) -> None:
-        self.waiting = parties
-        self.event = anyio.Event()
-
-    async def wait(self) -> None:
-        self.waiting -= 1
-        if self.waiting == 0:
-            self.event.set()
-        await self.event.wait()
-
-
-async def refresh_run(name: str, mode: str, runs: dict[str, tuple[Run, Token]], ready: Barrier) -> None:
-    """One manager whose first refresh meets ``REFRESH_FAULTS[name]``, polled by several callers."""
-    fault, count, _ = REFRESH_FAULTS[name]
-    fake = FakeIAM(api_keys=[KEY], client_id=CLIENT_ID, client_secret=CLIENT_SECRET, lifetime=LIFETIME)
-    attempts: list[tuple[float, FetchAttempt]] = []
-    calls: list[Call] = []
-
-    async with fake.serve() as address:
-        tm = TokenManager(
-            KEY,
-            url=address.url,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            retry=REFRESH_RETRY,
-            refresh=REFRESH,
-            clock=anyio.current_time,
-            verify=TLS,
-            hooks=[lambda attempt: attempts.append((anyio.current_time(), attempt))],
-        )
-        # Making a manager (its TLS context) blocks the event loop for a few milliseconds: make
-        # them all before any request is timed.
-        await ready.wait()
-        async with contextlib.AsyncExitStack() as stack:
-            if mode == "background":
-                await stack.enter_async_context(tm)
-            else:
-                stack.push_async_callback(tm.aclose)
-            first = await tm.get_token_info()
-            fake.fail_next(count, fault)
-            # Long enough for the refresh and its retries, short of the new token's own refresh.
-            end = first.obtained_at + LIFETIME * 1.5
-
-            async def caller() -> None:
-                while anyio.current_time() < end:
-                    start = anyio.current_time()
-                    try:
-                        token = await tm.get_token_info()
-                    except IAMError as exc:
-                        calls.append(Call(anyio.current_time() - start, error=exc))
-                    else:
-                        now = anyio.current_time()
-                        calls.append(
-                            Call(
-                                now - start,
-                                token,
-                                before_stale=now < token.stale_at,
-                                valid_at_iam=fake.is_valid(token.access_token),
-                            )
-                        )
-                    await anyio.sleep(0.01)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(CALLERS):
-                    tg.start_soon(caller)
-            texts = [repr(tm), str(tm), repr(IAMAuth(tm))]
-    run = Run(fake, [calls], [tm.request_count], [fake.requests], attempts, texts)
-    run.texts += [repr(call.token) for call in calls if call.token is not None]
-    run.texts += [repr(a) for _, a in attempts]
-    runs[name] = (run, first)
-
-
-async def test_faults_during_refresh_are_ridden_out(mode: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Callers keep getting the usable token while its refresh fails, and never see an error.
-
-    Every fault of :data:`REFRESH_FAULTS` hits the first refresh of its own manager; the managers
-    run side by side to keep the test short.
-    """
-    caplog.set_level(logging.DEBUG)
-    runs: dict[str, tuple[Run, Token]] = {}
-    ready = Barrier(len(REFRESH_FAULTS))
-    async with anyio.create_task_group() as tg:
-        for name in REFRESH_FAULTS:
-            tg.start_soon(refresh_run, name, mode, runs, ready)
-    logs = [record.getMessage() for record in caplog.records]
-    assert any("still serving the current token" in text for text in logs)
-
-    for name, (_, count, stalls) in REFRESH_FAULTS.items():
-        run, first = runs[name]
-        assert run.errors() == [], (name, [str(e) for e in run.errors()])
-        for call in run.calls:
-            if call.token is not None:
-                assert call.before_stale, (name, "a token was handed out at or after its stale_at")
-                assert call.valid_at_iam, (name, "a token the emulator no longer accepts was handed out")
-        assert run.fake.max_in_flight <= 1, name
-        assert run.fake.pending_faults == 0, name
-        outcomes = [attempt.ok for _, attempt in run.attempts]
-        assert outcomes[: count + 2] == [True] + [False] * count + [True], (name, outcomes)
-        assert run.tokens()[-1].access_token != first.access_token, name
-        if stalls:
-            # The hung refresh outlived the token: callers waited for the retry, within the bound.
-            assert run.worst_wait <= REFRESH_RETRY.request_timeout + REFRESH_RETRY.max_delay + SLACK, name
-        elif mode == "background":
-            # Nobody waited for IAM: the refresher retried while the token was still usable.
-            assert run.worst_wait <= SLACK / 5, (name, run.worst_wait)
-        else:
-            # On demand, the caller who finds the refresh due sends it and waits for that answer.
-            assert run.worst_wait <= REFRESH_RETRY.request_timeout + SLACK, (name, run.worst_wait)
-        check_backoff(run)
-        run.texts += logs
-        audit(run)
-        report(f"during refresh: {name}", mode, run, "ridden out" if not stalls else "callers wait, no error")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -775,17 +675,17 @@ def test_refusing_closes_and_reopens_the_port_of_a_server_in_a_thread() -> None:
     form = {"grant_type": "urn:ibm:params:oauth:grant-type:apikey", "apikey": "test-api-key"}
     with fake.serve_in_thread() as address:
         url = address.url + "/identity/token"
-        with httpx.Client(timeout=2) as client:
+        with httpx.Client(timeout=10) as client:
             assert client.post(url, data=form).status_code == 200
             fake.refusing = True
             # A request on the connection opened before is cut off; a new connection is refused.
             with pytest.raises(httpx.ReadError):
                 client.post(url, data=form)
         with pytest.raises(httpx.ConnectError):
-            httpx.post(url, data=form, timeout=2)
+            httpx.post(url, data=form, timeout=10)
         fake.refusing = False
-        assert httpx.post(url, data=form, timeout=2).status_code == 200
+        assert httpx.post(url, data=form, timeout=10).status_code == 200
         fake.fail_next(1, Fault.reset())
         with pytest.raises(httpx.TransportError):
-            httpx.post(url, data=form, timeout=2)
+            httpx.post(url, data=form, timeout=10)
     assert fake.requests == 4

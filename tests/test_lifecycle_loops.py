@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import httpx
@@ -13,6 +14,9 @@ import pytest
 
 from aioiam import RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM
+from tests._virtual_time import new_virtual_loop
+
+T = TypeVar("T")
 
 
 def test_on_demand_manager_survives_asyncio_run_twice_over_real_tcp() -> None:
@@ -29,21 +33,61 @@ def test_on_demand_manager_survives_asyncio_run_twice_over_real_tcp() -> None:
     assert fake.issued == [first, second, third]
 
 
+class VirtualLoops:
+    """Runs coroutines each on a new asyncio loop on virtual time, like ``asyncio.run`` does.
+
+    :meth:`clock` is one monotonic clock across those loops: the virtual time of the running loop
+    plus that of the loops before it, plus any time :meth:`pass_time` skipped between them.
+    """
+
+    def __init__(self) -> None:
+        self._before = 0.0
+
+    def clock(self) -> float:
+        return self._before + asyncio.get_running_loop().time()
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        """``asyncio.run(main())`` on a new virtual-time loop (``asyncio.Runner`` needs 3.11)."""
+
+        async def wrapped() -> T:
+            return await main()
+
+        loop: asyncio.AbstractEventLoop = new_virtual_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            result = loop.run_until_complete(wrapped())
+            self._before += loop.time()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+        return result
+
+    def pass_time(self, seconds: float) -> None:
+        self._before += seconds
+
+
 def test_backoff_sleep_on_a_new_loop_does_not_reuse_the_old_loops_event() -> None:
+    loops = VirtualLoops()
     fake = FakeIAM(lifetime=0.05)
     tm = TokenManager(
         "test-api-key",
         url="http://127.0.0.1",
         transport=fake.transport,
         retry=RetryPolicy(initial_delay=0.01, max_delay=0.02),
+        clock=loops.clock,
     )
     fake.fail_next(1, status=503)
-    assert asyncio.run(tm.get_token()) == fake.issued[0]  # slept through one backoff on this loop
-    time.sleep(0.06)  # the 50 ms token is now stale
+    assert loops.run(tm.get_token) == fake.issued[0]  # slept through one backoff on this loop
+    loops.pass_time(0.06)  # the 50 ms token is now stale
     fake.fail_next(1, status=503)
-    assert asyncio.run(tm.get_token()) == fake.issued[1]  # and again, on a new loop
+    assert loops.run(tm.get_token) == fake.issued[1]  # and again, on a new loop
     assert fake.requests == 4
-    asyncio.run(tm.aclose())
+    loops.run(tm.aclose)
 
 
 def test_turning_tls_verification_off_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:

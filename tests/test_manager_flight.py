@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import anyio.lowlevel
 import httpx
@@ -198,11 +200,18 @@ async def test_entering_twice_is_an_error() -> None:
 
 
 async def test_aclose_inside_the_block_does_not_cancel_the_block() -> None:
+    steps: list[str] = []
     async with make_manager() as tm:
         await tm.aclose()
-        await anyio.sleep(1)  # would raise if the block had been cancelled
-        reached = True
-    assert reached
+        assert tm.closed
+        assert anyio.current_effective_deadline() == math.inf  # -inf inside a cancelled scope
+        start = anyio.current_time()
+        await anyio.sleep(1)  # a cancelled block would be interrupted here
+        steps.append(f"slept {anyio.current_time() - start:g}s")
+        with pytest.raises(ManagerClosedError):
+            await tm.get_token()
+        steps.append("closed")
+    assert steps == ["slept 1s", "closed"]
 
 
 async def test_no_task_is_left_running_after_the_block() -> None:
@@ -223,19 +232,38 @@ async def test_on_demand_manager_runs_nothing_in_the_background() -> None:
     await tm.aclose()
 
 
-async def test_managed_client_is_closed_and_users_client_is_not() -> None:
+class ClosingTransport(httpx.AsyncBaseTransport):
+    """Answers through ``inner`` and counts how often the client that owns it closed it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.closes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        self.closes += 1
+
+
+@pytest.mark.parametrize("managed", [True, False], ids=["async-with", "on-demand"])
+async def test_the_client_the_manager_made_is_closed_and_a_users_client_is_not(managed: bool) -> None:
     fake = FakeIAM()
-    own = httpx.AsyncClient(transport=fake.transport)
-    async with make_manager(fake, http_client=own) as tm:
-        await tm.get_token()
+    made = ClosingTransport(fake.transport)  # the manager makes its client around this
+    users = ClosingTransport(fake.transport)
+    own = httpx.AsyncClient(transport=users)
+    for tm in (make_manager(fake, transport=made), make_manager(fake, http_client=own)):
+        if managed:
+            async with tm:
+                await tm.get_token()
+        else:
+            await tm.get_token()
+            await tm.aclose()
+    assert made.closes == 1
+    assert users.closes == 0
     assert not own.is_closed
     await own.aclose()
-
-    tm2 = make_manager(fake)
-    client = tm2._client
-    async with tm2:
-        await tm2.get_token()
-    assert client.is_closed
+    assert users.closes == 1  # closing a client does reach its transport: the count above means something
 
 
 async def test_user_client_auth_is_not_applied_to_token_requests() -> None:

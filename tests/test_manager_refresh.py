@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import random
+import time
 
 import anyio
 import anyio.lowlevel
@@ -11,6 +14,9 @@ import httpx
 import pytest
 
 from aioiam import (
+    FetchAttempt,
+    IAMAuth,
+    IAMError,
     IAMUnavailableError,
     InvalidCredentialsError,
     InvalidResponseError,
@@ -20,7 +26,7 @@ from aioiam import (
     TransientIAMError,
 )
 from aioiam.testing import FakeIAM, Fault
-from tests.helpers import NO_JITTER, FlakyTransport, Recorder, make_manager
+from tests.helpers import NO_JITTER, FixedRandom, FlakyTransport, Recorder, make_manager
 
 pytestmark = pytest.mark.anyio
 
@@ -104,6 +110,45 @@ async def test_on_demand_refresh_runs_in_the_background_and_no_caller_waits_for_
     await tm.aclose()
 
 
+async def test_on_demand_refresh_that_failed_is_not_resent_within_its_backoff() -> None:
+    """After a failed on-demand refresh, callers within the backoff keep the usable token without
+    asking IAM; the first caller after it asks again."""
+    fake = FakeIAM(lifetime=100)
+    recorder = Recorder()
+    retry = RetryPolicy(initial_delay=4, max_delay=4)
+    tm = make_manager(fake, refresh=NO_JITTER, retry=retry, rng=FixedRandom(0.5), hooks=[recorder])
+    first = await tm.get_token()
+    await anyio.sleep(85)  # due (80) but not stale (90)
+    fake.fail_next(1, Fault.error(503))
+    assert await tm.get_token() == first  # starts the refresh in the background, returns at once
+    await anyio.sleep(0.01)  # the refresh runs, and fails
+    assert fake.requests == 2
+    assert recorder.attempts[-1].next_attempt_in == pytest.approx(2)  # 0.5 of the 4 s cap
+    await anyio.sleep(1.9)
+    assert await tm.get_token() == first  # inside the backoff: no new request
+    await anyio.sleep(0.01)
+    assert fake.requests == 2
+    await anyio.sleep(0.2)
+    assert await tm.get_token() == first  # after it: this caller starts the next refresh
+    await anyio.sleep(0.01)
+    assert fake.requests == 3
+    assert await tm.get_token() == fake.issued[1]
+    await tm.aclose()
+
+
+async def test_the_default_clock_is_the_monotonic_clock() -> None:
+    """Without ``clock=``, a token's schedule is in ``time.monotonic()`` readings, not Unix time."""
+    fake = FakeIAM(lifetime=3600)
+    tm = TokenManager("test-api-key", url="http://127.0.0.1:1", transport=fake.transport, refresh=NO_JITTER)
+    before = time.monotonic()
+    token = await tm.get_token_info()
+    after = time.monotonic()
+    await tm.aclose()
+    assert before <= token.obtained_at <= after
+    assert token.expires_at == token.obtained_at + 3600
+    assert before + 2880 <= token.refresh_at <= after + 2880
+
+
 async def test_lifetime_counts_from_when_the_request_was_sent() -> None:
     fake = FakeIAM(lifetime=100, latency=5.0)
     tm = make_manager(fake, refresh=NO_JITTER)
@@ -147,6 +192,36 @@ async def test_clock_skew_is_warned_about_once(caplog: pytest.LogCaptureFixture)
     assert "7200" in skew[0].getMessage()
     assert fake.requests == 2
     await tm.aclose()
+
+
+@pytest.mark.parametrize(
+    ("skew", "warned"),
+    [(61, True), (-61, True), (59, False), (-59, False), (3 * 3600, True), (-3 * 3600, True)],
+)
+async def test_clock_skew_beyond_a_minute_either_way_is_warned_about_once(
+    skew: int, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """IAM's ``expiration`` vs the local wall clock plus ``expires_in``: warned past 60 s, once."""
+
+    def wall_clock() -> float:  # one wall clock for IAM and the manager, moving with virtual time
+        return 1_800_000_000.0 + anyio.current_time()
+
+    fake = FakeIAM(lifetime=100, wall_clock=wall_clock)
+    fake.fail_next(2, Fault.clock_skew(skew))  # IAM's clock is ``skew`` seconds ahead, twice
+    tm = make_manager(fake, wall_clock=wall_clock, refresh=NO_JITTER)
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        first = await tm.get_token_info()
+        await anyio.sleep(85)
+        second = await tm.get_token_info()
+    await tm.aclose()
+    assert fake.requests == 2
+    assert first.expires_in == second.expires_in == 100  # timed on the monotonic clock all the same
+    warnings = [r.getMessage() for r in caplog.records if "local clock differs" in r.getMessage()]
+    if warned:
+        assert len(warnings) == 1
+        assert f"by about {-skew}s" in warnings[0]
+    else:
+        assert warnings == []
 
 
 async def test_transient_failures_are_retried_with_backoff() -> None:
@@ -315,7 +390,7 @@ async def test_outage_after_expiry_is_bounded_by_backoff_not_by_callers() -> Non
                 await anyio.sleep(0.25)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(1000):
+            for _ in range(100):  # 24,000 calls in the minute
                 tg.start_soon(caller)
         assert errors > 0
         assert fake.requests - start_requests <= 15
@@ -395,3 +470,120 @@ async def test_a_callers_deadline_never_cuts_the_shared_request() -> None:
     assert anyio.current_time() == start
     assert fake.requests == 1
     await tm.aclose()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults during a refresh: the token in hand is ridden out. (The same faults on a first token are
+# in test_fault_matrix.py, over real sockets.)
+
+#: 300 s tokens refreshed from half their life: with the jitter drawing 0.5 the refresh falls due
+#: at 142.5 s, and the token goes stale at 290 s (a 10 s margin).
+RIDE_LIFETIME = 300
+RIDE_REFRESH = RefreshPolicy(refresh_fraction=0.5)
+#: A request may take 150 s, so a hung refresh sent at 142.5 s is cut off after the token went stale.
+RIDE_RETRY = RetryPolicy(initial_delay=10, max_delay=50, timeout=600, request_timeout=150)
+RIDE_KEY = "SECRET-refresh-key-5c2e8a1f9b"
+RIDE_CLIENT_SECRET = "SECRET-refresh-client-secret-77d1"
+
+#: name: (fault, how many times in a row, whether it outlives the token so callers must wait)
+RIDE_FAULTS: dict[str, tuple[Fault, int, bool]] = {
+    "503-twice": (Fault.error(503), 2, False),
+    "429-retry-after-20s": (Fault.error(429, retry_after=20), 1, False),
+    "reset-twice": (Fault.reset(), 2, False),
+    "502-html": (Fault.html(502), 1, False),
+    "400-refused": (Fault.error(400), 1, False),
+    "200-invalid-json": (Fault.invalid_json(), 1, False),
+    "200-expires_in-0": (Fault.token(expires_in=0), 1, False),
+    "hang-past-stale": (Fault.hang(), 1, True),
+}
+
+
+@pytest.mark.parametrize("fault_name", list(RIDE_FAULTS))
+@pytest.mark.parametrize("managed", [True, False], ids=["async-with", "on-demand"])
+async def test_faults_during_refresh_are_ridden_out(
+    fault_name: str, managed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Callers keep getting the usable token while its refresh fails, and never see an error."""
+    fault, count, stalls = RIDE_FAULTS[fault_name]
+    caplog.set_level(logging.DEBUG, logger="aioiam")
+
+    def wall_clock() -> float:
+        return 1_800_000_000.0 + anyio.current_time()
+
+    fake = FakeIAM(
+        api_keys=[RIDE_KEY],
+        client_id="bx",
+        client_secret=RIDE_CLIENT_SECRET,
+        lifetime=RIDE_LIFETIME,
+        wall_clock=wall_clock,
+    )
+    attempts: list[tuple[float, FetchAttempt]] = []
+    tm = make_manager(
+        fake,
+        api_key=RIDE_KEY,
+        client_id="bx",
+        client_secret=RIDE_CLIENT_SECRET,
+        refresh=RIDE_REFRESH,
+        retry=RIDE_RETRY,
+        rng=FixedRandom(0.5),
+        wall_clock=wall_clock,
+        hooks=[lambda attempt: attempts.append((anyio.current_time(), attempt))],
+    )
+    errors: list[IAMError] = []
+    waits: list[float] = []
+    seen: list[str] = []
+    texts: list[str] = []
+    async with contextlib.AsyncExitStack() as stack:
+        if managed:
+            await stack.enter_async_context(tm)
+        else:
+            stack.push_async_callback(tm.aclose)
+        first = await tm.get_token_info()
+        assert first.refresh_at == pytest.approx(142.5)
+        fake.fail_next(count, fault)
+        end = first.obtained_at + RIDE_LIFETIME * 1.5  # past the refresh, its retries and the new token
+
+        async def caller() -> None:
+            while anyio.current_time() < end:
+                start = anyio.current_time()
+                try:
+                    token = await tm.get_token_info()
+                except IAMError as exc:
+                    errors.append(exc)
+                else:
+                    now = anyio.current_time()
+                    assert now < token.stale_at, "a token was handed out at or after its stale_at"
+                    assert fake.is_valid(token.access_token), "a token IAM no longer accepts was handed out"
+                    waits.append(now - start)
+                    seen.append(token.access_token)
+                    texts.append(repr(token))
+                await anyio.sleep(10)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(caller)
+        texts += [repr(tm), str(tm), repr(IAMAuth(tm))]
+
+    assert errors == []
+    assert fake.max_in_flight == 1
+    assert fake.pending_faults == 0
+    assert [a.ok for _, a in attempts][: count + 2] == [True] + [False] * count + [True]
+    assert seen[-1] != first.access_token
+    if stalls:
+        # The hung refresh outlived the token: callers waited for the retry, within the bound.
+        assert 0 < max(waits) <= RIDE_RETRY.request_timeout + RIDE_RETRY.max_delay
+    else:
+        # Nobody waited for IAM (the emulator answers in no virtual time), in either mode.
+        assert max(waits) == 0
+    # Every retry came no earlier than the delay announced after the failure before it. Exact on
+    # virtual time: the hook runs in the same step as the manager's own clock reading.
+    for (failed_at, failed), (ended_at, retried) in itertools.pairwise(attempts):
+        if not failed.ok:
+            assert failed.next_attempt_in is not None
+            assert ended_at - retried.duration >= failed_at + failed.next_attempt_in
+    logs = [record.getMessage() for record in caplog.records]
+    # A refresh failed while the token was usable (the hang fails only once it is stale).
+    assert any("still serving the current token" in text for text in logs) is not stalls
+    texts += logs + [repr(attempt) for _, attempt in attempts]
+    for secret in [RIDE_KEY, RIDE_CLIENT_SECRET, *fake.secrets()]:
+        assert not any(secret in text for text in texts), secret

@@ -11,7 +11,15 @@ import anyio
 import httpx
 import pytest
 
-from aioiam import IAMAuth, IAMError, RetryPolicy, TokenManager
+from aioiam import (
+    ApiKeySource,
+    IAMAuth,
+    IAMError,
+    IAMUnavailableError,
+    InvalidCredentialsError,
+    RetryPolicy,
+    TokenManager,
+)
 from aioiam.testing import FakeIAM
 
 pytestmark = pytest.mark.anyio
@@ -195,3 +203,50 @@ async def test_a_request_id_header_echoing_the_request_is_scrubbed(
     basic = base64.b64encode(f"bx:{CLIENT_SECRET}".encode()).decode()
     for secret in (KEY, quote_plus(KEY), CLIENT_SECRET, basic):
         assert not any(secret in text for text in seen), secret
+
+
+@pytest.mark.parametrize("header", ["Transaction-Id", "X-Global-Transaction-Id", "X-Request-Id"])
+async def test_the_api_key_source_itself_scrubs_a_request_id_header_echoing_the_key(header: str) -> None:
+    """Scrubbed by ``ApiKeySource.fetch``, not only by a manager around it: a source is public."""
+    key = "SECRET/api+key=0123456789"  # form-encoding changes it: both spellings must go
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        echo = f"rid-1 {key} {quote_plus(key)}"
+        return httpx.Response(400, headers={header: echo}, json={"errorCode": "BXNIM0415E", "errorMessage": "denied"})
+
+    source = ApiKeySource(key, url="http://127.0.0.1:1")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(InvalidCredentialsError) as info:
+            await source.fetch(client)
+    error = info.value
+    assert error.request_id == "rid-1 [redacted] [redacted]"
+    for text in (error.request_id, str(error), repr(error)):
+        assert key not in text
+        assert quote_plus(key) not in text
+
+
+async def test_a_network_error_quoting_the_key_is_scrubbed_before_callers_or_logs_see_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"proxy refused CONNECT for https://iam.cloud.ibm.com/?apikey={KEY} (403)")
+
+    tm = TokenManager(
+        KEY,
+        url="http://127.0.0.1:1",
+        transport=httpx.MockTransport(refuse),
+        clock=anyio.current_time,
+        retry=RetryPolicy(timeout=1, initial_delay=0.1, max_delay=0.2),
+    )
+    with caplog.at_level(logging.DEBUG, logger="aioiam"), pytest.raises(IAMUnavailableError) as info:
+        await tm.get_token()
+    await tm.aclose()
+    error = info.value
+    assert error.cause is not None
+    assert "could not reach IAM: ConnectError: proxy refused CONNECT" in str(error.cause)
+    assert "apikey=[redacted]" in str(error.cause)
+    texts = [str(error), repr(error), str(error.cause), repr(error.cause), str(error.__cause__)]
+    texts += [record.getMessage() for record in caplog.records]
+    assert len(texts) > 5, "nothing was logged: the audit proves nothing"
+    for text in texts:
+        assert KEY not in text, text

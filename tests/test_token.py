@@ -6,6 +6,8 @@ import base64
 import json
 from typing import Any
 
+import anyio
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,9 @@ from aioiam import (
     IAMError,
     InvalidCredentialsError,
     InvalidResponseError,
+    RefreshPolicy,
     Token,
+    TokenManager,
     TransientIAMError,
 )
 from aioiam._token import decode_jwt_claims, parse_error_response, parse_retry_after, parse_token_response
@@ -60,6 +64,39 @@ def test_token_exposes_claims_for_display() -> None:
 def test_shorter_jwt_lifetime_wins_over_expires_in() -> None:
     parsed = parse_token_response(body(access_token=jwt({"iat": 0, "exp": 600})))
     assert parsed.expires_in == 600
+
+
+#: (the JWT's exp - iat, expires_in, the lifetime that must be used): the shorter one, either way.
+SHORTER_WINS = [(7200, 3600, 3600), (1800, 3600, 1800)]
+
+
+@pytest.mark.parametrize(("jwt_life", "expires_in", "lifetime"), SHORTER_WINS, ids=["jwt-longer", "jwt-shorter"])
+def test_the_shorter_of_the_jwt_lifetime_and_expires_in_is_the_lifetime(
+    jwt_life: int, expires_in: int, lifetime: int
+) -> None:
+    # A JWT claiming longer than expires_in must not win: the token would be handed out after
+    # IAM stopped accepting it.
+    parsed = parse_token_response(body(access_token=jwt({"iat": 1000, "exp": 1000 + jwt_life}), expires_in=expires_in))
+    assert parsed.expires_in == lifetime
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("jwt_life", "expires_in", "lifetime"), SHORTER_WINS, ids=["jwt-longer", "jwt-shorter"])
+async def test_a_token_is_scheduled_on_the_shorter_lifetime(jwt_life: int, expires_in: int, lifetime: int) -> None:
+    answer = body(access_token=jwt({"iat": 1000, "exp": 1000 + jwt_life}), expires_in=expires_in, expiration=...)
+    tm = TokenManager(
+        "test-api-key",
+        url="http://127.0.0.1:1",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, content=answer)),
+        clock=anyio.current_time,
+        refresh=RefreshPolicy(jitter_fraction=0),
+    )
+    token = await tm.get_token_info()
+    await tm.aclose()
+    assert token.expires_in == lifetime
+    assert token.expires_at - token.obtained_at == lifetime
+    assert token.stale_at - token.obtained_at == lifetime - 10  # the 10 s margin
+    assert token.refresh_at - token.obtained_at == pytest.approx(0.8 * lifetime)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ URL, inside the URL) is never echoed. Also: which hosts count as loopback.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import ssl
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 
 from aioiam import ApiKeySource, FetchAttempt, IAMAuth, RefreshPolicy, RetryPolicy, TokenManager
 from aioiam._urls import is_loopback_host, token_endpoint
+from aioiam.testing import FakeIAM
 from tests.helpers import Recorder
 
 KEY = "SECRETkeySECRETkeySECRETkeySECRETkey-0123_"  # 44 characters, like a real IBM Cloud API key
@@ -96,25 +98,47 @@ def test_async_hooks_are_refused_because_hooks_are_called_synchronously(hook: An
         make(hooks=[hook])
 
 
-def test_good_arguments_of_every_kind_are_accepted() -> None:
-    class DuckRandom:
-        def random(self) -> float:
-            return 0.5
+class _DuckRandom:
+    def random(self) -> float:
+        return 0.5
 
-    for rng in (random.Random(1), DuckRandom()):
-        make(
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("duck", [False, True], ids=["random-sslcontext", "duck-random-unverified"])
+async def test_good_arguments_of_every_kind_are_accepted(duck: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Accepted, and each one in effect: the manager gets a token with them and uses every one."""
+    rng: Any = _DuckRandom() if duck else random.Random(1)
+    u = 0.5 if duck else random.Random(1).random()  # the first draw is the refresh jitter
+    verify: bool | ssl.SSLContext = False if duck else ssl.create_default_context()
+    fake = FakeIAM(api_keys=[KEY], client_id="bx", client_secret=CLIENT_SECRET)
+    recorder = Recorder()
+    seen: list[FetchAttempt] = []
+    with caplog.at_level(logging.WARNING, logger="aioiam"):
+        tm = make(
             rng=rng,
-            hooks=[Recorder(), print, lambda attempt: None],
+            hooks=[recorder, print, seen.append, lambda attempt: None],
             refresh=RefreshPolicy(),
-            retry=RetryPolicy(),
-            clock=lambda: 0.0,
+            retry=RetryPolicy(timeout=5),
+            clock=lambda: 100.0,
             wall_clock=lambda: 0.0,
-            verify=ssl.create_default_context(),
+            verify=verify,
+            transport=fake.transport,
             client_id="bx",
             client_secret=CLIENT_SECRET,
-            scope="ibm openid",
+            scope="ibm openid platform",
         )
-    make(verify=False)
+        token = await tm.get_token_info()
+        await tm.aclose()
+    assert token.access_token == fake.issued[0]  # the key and the client credentials were right
+    assert token.refresh_token == fake.refresh_tokens[0]  # IAM saw the client credentials
+    assert token.scope == "ibm openid platform"
+    assert token.obtained_at == 100.0  # the clock
+    assert token.refresh_at == pytest.approx(100.0 + 3600 * (0.8 - 0.05 * u))  # the rng, through the policy
+    assert recorder.attempts == seen  # every hook was called
+    assert [attempt.ok for attempt in seen] == [True]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("local clock differs" in message for message in messages)  # the wall clock (0.0)
+    assert any("verification of IAM is OFF" in message for message in messages) is (verify is False)
 
 
 # ------------------------------------------------------------------ secrets in URL errors
