@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import shutil
@@ -14,9 +15,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from aioiam._cli import main, parser
 from aioiam._cli.token import describe_expiry
 from aioiam.testing import FakeIAM, Fault
 
@@ -185,3 +188,72 @@ def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: aioiam " + command)
+
+
+# ------------------------------------------------------------------ the same commands in process
+# (the subprocess tests above prove the entry point; these reach every branch, and coverage sees them)
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith(("IBMCLOUD_", "MY_SERVICE_", "IBM_CREDENTIALS_FILE", "VCAP_SERVICES")):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_in_process_token_json_inspect_and_failures(
+    iam: tuple[FakeIAM, str], environment: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fake, url = iam
+    environment.setenv("IBMCLOUD_API_KEY", KEY)
+    assert main(["token", "--url", url]) == 0
+    assert capsys.readouterr().out == fake.issued[0] + "\n"
+    assert main(["token", "--url", url, "--json", "--verbose"]) == 0
+    assert json.loads(capsys.readouterr().out)["access_token"] == fake.issued[1]
+    assert main(["inspect", "--url", url]) == 0
+    assert capsys.readouterr().out.startswith(("expires in 59 minutes", "expires in 1 hour"))
+    environment.setattr("sys.stdin", io.StringIO(fake.issued[0]))
+    assert main(["inspect", "-"]) == 0
+    assert '"iam_id"' in capsys.readouterr().out
+    assert main(["inspect", _jwt({"iam_id": "x"})]) == 0
+    assert capsys.readouterr().out.startswith("no 'exp' claim")
+    assert main(["token", "--url", url, "--api-key", KEY]) == 2
+    assert main(["inspect", "--url", url, "--api-key"]) == 2
+    assert main(["token", "--url", url, "--api-key-file", str(tmp_path / "none")]) == 3
+    (tmp_path / "empty").write_text("\n")
+    assert main(["token", "--url", url, "--api-key-file", str(tmp_path / "empty")]) == 3
+    environment.setattr("sys.stdin", io.StringIO(""))
+    assert main(["token", "--url", url, "--api-key-file", "-"]) == 3
+    assert main(["token", "--url", "http://example.com"]) == 3  # plain http, not loopback
+    fake.down = True
+    assert main(["inspect", "--url", url, "--timeout", "0.3"]) == 4
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("aioiam token: error: an API key is never taken on the command line")
+    assert "cannot read the API key from" in err[2]
+    assert err[3] == f"aioiam token: error: {tmp_path / 'empty'} is empty (expected the API key)"
+    assert err[4] == "aioiam token: error: nothing on standard input (expected the API key)"
+    assert all(KEY not in line for line in err)
+
+
+def test_in_process_fake_iam_serves_and_a_taken_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from aioiam._cli import fake_iam
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["fake-iam", "--port", str(port)]) == 1
+    assert f"cannot serve on port {port}" in capsys.readouterr().err
+
+    async def serve_briefly() -> None:
+        args = parser().parse_args(["fake-iam", "--lifetime", "60"])
+        with anyio.move_on_after(0.5):
+            await fake_iam._serve(args)
+
+    anyio.run(serve_briefly)
+    out = capsys.readouterr().out
+    assert "FakeIAM serving on http://127.0.0.1:" in out
+    assert "tokens live 60 s" in out

@@ -66,7 +66,9 @@ def read_secret(path: str, what: str) -> str:
         raise ValueError(f"cannot read {what} from {path}: {type(exc).__name__}") from None
     text = text.strip()
     if not text:
-        raise ValueError(f"{what} file {path} is empty" if path != "-" else f"no {what} on standard input")
+        raise ValueError(
+            f"{path} is empty (expected {what})" if path != "-" else f"nothing on standard input (expected {what})"
+        )
     return text
 
 
