@@ -10,9 +10,13 @@ How a block runs:
 
 What is substituted, the same way for every block (no block needs an IBM account or the network):
 
-- ``aioiam.TokenManager`` made for IBM's IAM (its default URL, or any https URL on ``cloud.ibm.com``)
-  with no ``transport``, ``http_client`` or ``source`` of its own talks to a :class:`FakeIAM`
-  through ``FakeIAM.transport``; that emulator accepts any key.
+- ``aioiam.TokenManager`` made for IBM's IAM (its default URL, or any https URL on ``cloud.ibm.com``,
+  given as ``url`` or by its source) with no ``transport`` or ``http_client`` of its own talks to a
+  :class:`FakeIAM` through ``FakeIAM.transport``; that emulator accepts any key, and knows the
+  README's trusted profile.
+- What a reader's machine would have: ``IBMCLOUD_API_KEY`` set; the working directory holding the
+  ``ibm-credentials.env`` the README shows; a compute-resource token where a platform mounts one
+  (the first of IBM's default locations is pointed at a file holding one the emulator accepts).
 - ``aiohttp.ClientSession`` gets a last middleware that sends requests for IBM Cloud hosts, with
   the headers the example's middlewares set, to the same stand-in service served on loopback.
 - ``httpx.AsyncClient`` made with no ``transport`` sends requests for IBM Cloud hosts to an
@@ -47,6 +51,7 @@ import pytest
 from yarl import URL
 
 import aioiam
+import aioiam._sources.container
 from aioiam.testing import FakeIAM
 from aioiam.testing._server import serve_in_thread
 
@@ -107,14 +112,23 @@ def is_loopback(host: str) -> bool:
 
 
 @pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIAM]:
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeIAM]:
     """Stand in for IBM Cloud as the module docstring says; return the emulator playing IAM."""
-    fake = FakeIAM(api_keys=None)
+    fake = FakeIAM(api_keys=None, profiles={"Profile-readme": "my-profile"})
+    platform_token = tmp_path / "sa-token"
+    platform_token.write_text(fake.cr_token)
+    monkeypatch.setattr(aioiam._sources.container, "DEFAULT_CR_TOKEN_FILES", (str(platform_token),))
+    monkeypatch.setenv("IBMCLOUD_API_KEY", GIVEN_NAMES["api_key"])
+    for name in ("IBM_CREDENTIALS_FILE", "VCAP_SERVICES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ibm-credentials.env").write_text(credentials_file_shown())
 
     class EmulatedIAM(aioiam.TokenManager):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            url = httpx.URL(kwargs.get("url", "https://iam.cloud.ibm.com"))
-            own = any(kwargs.get(name) is not None for name in ("transport", "http_client", "source"))
+            source = kwargs.get("source")
+            url = httpx.URL(getattr(source, "endpoint", None) or kwargs.get("url", "https://iam.cloud.ibm.com"))
+            own = any(kwargs.get(name) is not None for name in ("transport", "http_client"))
             if url.scheme == "https" and is_ibm_cloud(url.host) and not own:
                 kwargs["transport"] = fake.transport
             super().__init__(*args, **kwargs)
@@ -162,6 +176,15 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIAM]:
         monkeypatch.setattr(aiohttp, "ClientSession", offline_aiohttp_session(stand_in.url))
         yield fake
     assert refused == []
+
+
+def credentials_file_shown() -> str:
+    """The ``ibm-credentials.env`` the README shows (its ```sh block that names the file)."""
+    text = README.read_text(encoding="utf-8")
+    for match in re.finditer(r"^```sh\n(?P<code>.*?)^```$", text, re.MULTILINE | re.DOTALL):
+        if match.group("code").startswith("# ./ibm-credentials.env"):
+            return match.group("code")
+    raise AssertionError("README.md shows no ibm-credentials.env")
 
 
 def offline_aiohttp_session(stand_in: str) -> Callable[..., aiohttp.ClientSession]:
