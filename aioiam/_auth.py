@@ -95,6 +95,8 @@ class IAMAuth(httpx.Auth):
         if response.status_code != 401 or not replayable:
             return
         self._manager.invalidate(access_token)
-        access_token = await self._manager.get_token()
-        request.headers["Authorization"] = f"Bearer {access_token}"
+        fresh = await self._manager.get_token()
+        if fresh == access_token:
+            return  # not dropped (a drop just before, see invalidate): resending it would get the same 401
+        request.headers["Authorization"] = f"Bearer {fresh}"
         yield request

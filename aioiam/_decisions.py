@@ -30,6 +30,7 @@ from ._timing import RefreshPolicy, RetryPolicy, TokenState, backoff_delay, sche
 from ._token import Token, TokenResponse, token_response_problem
 
 __all__ = [
+    "DROP_COOLDOWN",
     "NO_FAILURES",
     "FailureRecord",
     "Raise",
@@ -43,8 +44,14 @@ __all__ = [
     "classify",
     "describe",
     "is_transient",
+    "may_drop",
     "unavailable",
 ]
+
+#: After a token is dropped for a 401, another drop waits this long (or a tenth of the token's
+#: life, if shorter): a service that answers 401 to every token costs IAM one request per
+#: cooldown, not one per call.
+DROP_COOLDOWN = 10.0
 
 
 def is_transient(error: IAMError) -> bool:
@@ -293,3 +300,16 @@ def caller_step(
     if now >= deadline:
         return Raise(unavailable(error, waited=timeout))
     return _WAIT
+
+
+def may_drop(token: Token | None, access_token: str, now: float, last_drop: float) -> bool:
+    """Whether a 401 for ``access_token`` may drop the current ``token`` at ``now``.
+
+    Only the token the 401 was for (so a hundred concurrent 401s drop it once), and not within
+    :data:`DROP_COOLDOWN` of the last drop (``last_drop``, ``-inf`` if none), shortened to a tenth
+    of the token's life for short-lived tokens: a service that refuses every token (another auth
+    scheme on an allowed host, say) must not turn each call into an IAM request.
+    """
+    if token is None or token.access_token != access_token:
+        return False
+    return now - last_drop >= min(DROP_COOLDOWN, token.expires_in / 10)

@@ -43,6 +43,7 @@ from ._decisions import (
     caller_step,
     check_answer,
     is_transient,
+    may_drop,
 )
 from ._exceptions import IAMError, InvalidResponseError, ManagerClosedError
 from ._flight import Flight, fetch
@@ -165,6 +166,7 @@ class TokenManager(AsyncContextManagerMixin):
         self._detached: dict[anyio.CancelScope, anyio.Event] = {}
         self._wakeup: anyio.Event | None = None
         self._warned_skew = False
+        self._last_drop = -math.inf  # when invalidate() last dropped a token
         self._requests = 0
 
     @classmethod
@@ -194,7 +196,10 @@ class TokenManager(AsyncContextManagerMixin):
 
     def __repr__(self) -> str:
         token = self._token
-        remaining = f"{token.stale_at - self._clock():.0f}s" if token is not None else "none"
+        try:
+            remaining = f"{token.stale_at - self._clock():.0f}s" if token is not None else "none"
+        except Exception:  # an injected clock that works only inside its event loop: repr must not raise
+            remaining = "unknown"
         return f"<TokenManager {self._state.value} source={self._source!r} token_valid_for={remaining}>"
 
     # ------------------------------------------------------------------ public surface
@@ -257,14 +262,19 @@ class TokenManager(AsyncContextManagerMixin):
         """Drop the current token if it is ``access_token``; the next caller gets a new one.
 
         Meant for a service that answered 401 to a token: comparing with the token actually
-        used means a hundred concurrent 401s for one token cause one refresh, not a hundred.
+        used means a hundred concurrent 401s for one token cause one refresh, not a hundred. A
+        drop within 10 seconds of the last one (a tenth of the token's life, if shorter) is
+        refused: a service that refuses every token costs IAM one request per 10 seconds, not
+        one per call.
 
         Returns:
-            Whether the token was dropped (``False`` when it had already been replaced).
+            Whether the token was dropped (``False`` when it had already been replaced, or within
+            the cooldown of the last drop).
         """
-        token = self._token
-        if token is None or token.access_token != access_token:
+        now = self._clock()
+        if not may_drop(self._token, access_token, now, self._last_drop):
             return False
+        self._last_drop = now
         self._publish(None)
         logger.info("aioiam: token dropped after a 401 from a service; fetching a new one")
         self._poke()
@@ -451,7 +461,11 @@ class TokenManager(AsyncContextManagerMixin):
         except Exception as exc:  # every waiter must get an IAMError, whatever broke
             error = InvalidResponseError(f"aioiam could not complete the token request: {type(exc).__name__}")
             error.__cause__ = exc
-            flight.finish(None, error)
+            try:  # recorded like any failure, so the backoff holds even for a bug
+                now = self._clock()
+                self._fail(flight, error, now, 0.0, token_state(self._token, now) is not TokenState.UNUSABLE)
+            finally:
+                flight.finish(None, error)
         finally:
             if self._flight is flight:
                 self._flight = None

@@ -138,8 +138,20 @@ def decode_jwt_claims(token: str) -> Mapping[str, Any]:
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
-    """A finite ``int`` or ``float`` (``bool`` excluded)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite ``int`` or ``float`` (``bool`` excluded). Never raises, however large an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+#: The latest Unix time accepted as an ``expiration`` (the year 5138): beyond it, arithmetic with
+#: a float clock loses meaning or overflows.
+_LATEST_TIME = 10**11
+
+
+def _is_unix_time(value: object) -> TypeGuard[int]:
+    """A whole number of seconds since 1970, from 1970 to :data:`_LATEST_TIME` (``bool`` excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _LATEST_TIME
 
 
 def _bearer_problem(access_token: object, token_type: object) -> str | None:
@@ -209,7 +221,7 @@ def parse_token_response(
         raise invalid(f"'expires_in' is longer than {MAX_EXPIRES_IN} seconds")
 
     expiration = data.get("expiration")
-    if not (_is_number(expiration) and isinstance(expiration, int)):
+    if not _is_unix_time(expiration):
         expiration = None
 
     refresh_token = data.get("refresh_token")
@@ -252,6 +264,14 @@ def token_response_problem(response: TokenResponse) -> str | None:
         return "'expires_in' is missing or not a number"
     if not 0 < expires_in <= MAX_EXPIRES_IN:
         return f"'expires_in' is not in (0, {MAX_EXPIRES_IN}] seconds"
+    if response.expiration is not None and not _is_unix_time(response.expiration):
+        return "'expiration' is not a Unix time in whole seconds, or None"
+    for name in ("refresh_token", "scope"):
+        if getattr(response, name) is not None and not isinstance(getattr(response, name), str):
+            return f"'{name}' is not a string or None"
+    claims: object = response.claims  # typed as a Mapping, but a custom source may break that
+    if not isinstance(claims, Mapping):
+        return "'claims' is not a mapping"
     return None
 
 

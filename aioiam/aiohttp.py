@@ -138,10 +138,12 @@ class IAMMiddleware:
             response = await handler(request)
             if response.status != 401 or not replayable:
                 return response
-            response.release()
             self._manager.invalidate(access_token)
-            access_token = await self._manager.get_token()
-            request.headers[hdrs.AUTHORIZATION] = f"Bearer {access_token}"
+            fresh = await self._manager.get_token()
+            if fresh == access_token:
+                return response  # not dropped (a drop just before, see invalidate): the 401 stands
+            response.release()
+            request.headers[hdrs.AUTHORIZATION] = f"Bearer {fresh}"
             return await handler(request)
         finally:
             # request_info (kept by the response, and by any ClientResponseError) is a live view

@@ -248,3 +248,24 @@ def test_bad_host_patterns_are_rejected(pattern: str) -> None:
 def test_allowed_hosts_must_be_a_list_not_a_string() -> None:
     with pytest.raises(TypeError, match="list"):
         IAMAuth(make_manager(), allowed_hosts="api.example.com")
+
+
+async def test_a_service_that_refuses_every_token_costs_one_refresh_per_cooldown() -> None:
+    """Found by review: a host that answers 401 to every token made one IAM request per call."""
+    fake = FakeIAM()
+    calls = 0
+
+    def always_401(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(401)
+
+    transport = httpx.MockTransport(always_401)
+    async with make_manager(fake) as tm, httpx.AsyncClient(auth=IAMAuth(tm), transport=transport) as client:
+        statuses = [(await client.get("https://api.cloud.ibm.com/x")).status_code for _ in range(50)]
+        assert fake.requests == 2  # the first token, and one refresh after the first 401
+        assert calls == 51  # the first call resent once; the rest not (the same token would get the same 401)
+        await anyio.sleep(10)  # the cooldown between drops (a tenth of an hour-long token's life is more)
+        assert (await client.get("https://api.cloud.ibm.com/x")).status_code == 401
+        assert fake.requests == 3
+    assert statuses == [401] * 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -21,13 +22,16 @@ T = TypeVar("T")
 
 def test_on_demand_manager_survives_asyncio_run_twice_over_real_tcp() -> None:
     fake = FakeIAM()
+    skipped = [0.0]  # time moved on by hand, past the cooldown between two drops (see invalidate)
     with fake.serve_in_thread() as address:
-        tm = TokenManager("test-api-key", url=address.url)
+        tm = TokenManager("test-api-key", url=address.url, clock=lambda: time.monotonic() + skipped[0])
         first = asyncio.run(tm.get_token())
         assert tm.invalidate(first)
         second = asyncio.run(tm.get_token())  # a new loop: the old loop's state must not be reused
         assert second != first
-        tm.invalidate(second)
+        assert not tm.invalidate(second)  # within the cooldown of the last drop
+        skipped[0] = 11.0
+        assert tm.invalidate(second)
         third = anyio.run(tm.get_token, backend="trio")  # and another backend altogether
         asyncio.run(tm.aclose())
     assert fake.issued == [first, second, third]

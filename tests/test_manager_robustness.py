@@ -396,3 +396,48 @@ async def test_a_custom_sources_secrets_are_scrubbed_from_its_errors(
     seen += [record.getMessage() for record in caplog.records]
     assert not any(_LeakySource.SECRET in text for text in seen)
     assert "[redacted]" in str(caught.value) or isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"expiration": "soon"}, {"expiration": 10**400}, {"refresh_token": 42}, {"scope": b"x"}, {"claims": [1]}],
+)
+async def test_a_custom_sources_malformed_extra_field_is_refused_not_a_request_storm(
+    fields: dict[str, object],
+) -> None:
+    """Found by review: a bad ``expiration`` broke the bookkeeping after the answer was accepted,
+    with no backoff recorded, and the refresher asked again at once (8,000 requests a second)."""
+    answer = TokenResponse(**{"access_token": "a.b.c", "token_type": "Bearer", "expires_in": 3600.0, **fields})  # type: ignore[arg-type]
+    source = _BrokenSource(answer)
+    async with TokenManager(source=source, clock=anyio.current_time) as tm:
+        with pytest.raises(InvalidResponseError, match="the token source's answer is unusable"):
+            await tm.get_token()
+        await anyio.sleep(60)  # the refresher does not re-send an unusable answer's request
+    assert source.calls == 1
+
+
+async def test_a_bug_after_the_answer_is_recorded_with_its_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever breaks after the answer, the failure is recorded: the refresher keeps to the backoff."""
+
+    def broken_schedule(*args: object, **kwargs: object) -> object:
+        raise ZeroDivisionError("a bug in the bookkeeping")
+
+    monkeypatch.setattr(aioiam._decisions, "schedule", broken_schedule)
+    fake = FakeIAM()
+    async with make_manager(fake, retry=RetryPolicy(initial_delay=1, max_delay=8)) as tm:
+        with pytest.raises(InvalidResponseError, match="ZeroDivisionError"):
+            await tm.get_token()
+        await anyio.sleep(10)
+    assert fake.requests == 1  # an unusable answer: not re-sent in the background
+
+
+def test_repr_does_not_raise_when_the_clock_needs_a_running_loop() -> None:
+    fake = FakeIAM()
+
+    async def fetch() -> TokenManager:
+        tm = make_manager(fake)
+        await tm.get_token()
+        return tm
+
+    tm = anyio.run(fetch)
+    assert "token_valid_for=unknown" in repr(tm)  # anyio.current_time outside its loop
