@@ -23,6 +23,7 @@ from ._sources import (
     ContainerSource,
     StaticTokenSource,
     VPCInstanceSource,
+    check_api_key,
 )
 from ._sources.vpc import DEFAULT_METADATA_URL
 
@@ -67,10 +68,25 @@ _SOURCE_OVERRIDES = {"url": "AUTH_URL", "client_id": "CLIENT_ID", "client_secret
 
 
 def service_prefix(service_name: str) -> str:
-    """``my-service`` → ``MY_SERVICE``: the prefix of the service's property names."""
-    if not isinstance(service_name, str) or not service_name.strip():
-        raise TypeError("service_name must be a non-empty str, such as 'cloud-object-storage'")
-    return service_name.strip().upper().replace("-", "_")
+    """``my-service`` → ``MY_SERVICE``: the prefix of the service's property names.
+
+    Raises:
+        TypeError: Not a ``str``.
+        ConfigurationError: Blank, or shaped like an API key (32 characters or more, upper and
+            lower case letters and no other separator than ``-``/``_``): a key passed where the
+            name goes. The message does not quote it.
+    """
+    if not isinstance(service_name, str):
+        raise TypeError(f"service_name must be a str such as 'cloud-object-storage', not {type(service_name).__name__}")
+    name = service_name.strip()
+    if not name:
+        raise ConfigurationError("service_name is blank; name the service, such as 'cloud-object-storage'")
+    if len(name) >= 32 and any(c.islower() for c in name) and any(c.isupper() for c in name):
+        raise ConfigurationError(
+            "service_name looks like an API key, not a service's name (it is not shown); pass the key through "
+            "IBMCLOUD_API_KEY or a credentials file, and the service's name here"
+        )
+    return name.upper().replace("-", "_")
 
 
 def parse_credentials_file(text: str) -> dict[str, str]:
@@ -198,6 +214,12 @@ def manager_arguments(found: Found, prefix: str, overrides: Mapping[str, Any]) -
         ConfigurationError: An unknown ``AUTH_TYPE``, a property the auth type needs is missing, or
             a value the source refuses (the message says where it came from, never the value).
     """
+    for keyword in ("api_key", "source"):
+        if keyword in overrides:
+            raise ConfigurationError(
+                f"from_env reads the credentials itself and takes no {keyword}=; to pass them in code, use "
+                f"TokenManager({keyword}=...) instead"
+            )
     props = {name: value for name, value in found.properties.items() if value != ""}
     for keyword, prop in _SOURCE_OVERRIDES.items():
         if overrides.get(keyword) is not None:
@@ -289,4 +311,7 @@ def api_key_from_environment(environ: Mapping[str, str] | None = None) -> str:
             "no service name given and IBMCLOUD_API_KEY is not set; set it, or name the service whose "
             f"credentials to read (from {CREDENTIALS_FILE_NAME}, <SERVICE>_* variables or VCAP_SERVICES)"
         )
-    return value
+    try:
+        return check_api_key(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"IBMCLOUD_API_KEY cannot be used: {exc}") from None

@@ -45,7 +45,7 @@ from ._decisions import (
     is_transient,
     may_drop,
 )
-from ._exceptions import IAMError, InvalidResponseError, ManagerClosedError
+from ._exceptions import ConfigurationError, IAMError, InvalidResponseError, ManagerClosedError
 from ._flight import Flight, fetch
 from ._hooks import FetchAttempt, Hook, call_hooks, logger
 from ._redaction import scrub
@@ -190,6 +190,10 @@ class TokenManager(AsyncContextManagerMixin):
                 unsupported auth type, or a property the auth type needs is missing (named).
         """
         if service_name is None:
+            if "api_key" in overrides or "source" in overrides:
+                raise ConfigurationError(
+                    "from_env reads the credentials itself; use TokenManager(...) to pass them in code"
+                )
             return cls(api_key_from_environment(), **overrides)
         found = find_service(service_name)
         return cls(**manager_arguments(found, service_prefix(service_name) + "_", overrides))

@@ -4,14 +4,14 @@ Pure: no I/O. Every piece of text that comes from the other side (IAM's error bo
 a network error's message, a custom source's exception) passes through :func:`scrub` with the
 source's secrets before aioiam keeps it, logs it or raises it.
 
-Matching here is exact: scrubbing replaces the secrets as they are spelled (and as the sources
-list their encodings). Deciding whether a *configuration value* holds a secret in any spelling is
-:func:`contains_secret`'s job, used where a user's input is checked, never to rewrite text.
+Matching ignores letter case, both when scrubbing text and when :func:`contains_secret` checks a
+user's configuration; other spellings (encodings) are found only where the sources list them.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterable
 
 from ._exceptions import IAMError
@@ -51,11 +51,13 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of each redactable secret replaced by ``[redacted]``.
 
     Only secrets of at least :data:`MIN_REDACTABLE_LENGTH` characters are replaced (see
-    :func:`redactable`); shorter ones are left in place. Exact, case-sensitive matching: a secret
-    spelled differently (other encodings than the ones listed) is not found.
+    :func:`redactable`); shorter ones are left in place. Matching ignores letter case (a service
+    that echoes a key upper-cased still leaks it), but not other spellings: encodings other than
+    the ones listed are not found.
     """
     for secret in redactable(secrets):
-        text = text.replace(secret, "[redacted]")
+        if secret.casefold() in text.casefold():
+            text = re.sub(re.escape(secret), "[redacted]", text, flags=re.IGNORECASE)
     return text
 
 

@@ -112,6 +112,8 @@ def make_settings(
         source = ApiKeySource(api_key, url=url, client_id=client_id, client_secret=client_secret, scope=scope)
     elif api_key is not None or client_id is not None or client_secret is not None or scope is not None:
         raise ValueError("pass either source or api_key (with client_id, client_secret, scope), not both")
+    if isinstance(source, type):
+        raise TypeError(f"source must be an instance, not the class {source.__name__}: pass {source.__name__}(...)")
     if not isinstance(source, TokenSource):
         raise TypeError("source must implement aioiam.TokenSource (a 'secrets' property and 'fetch')")
     if http_client is not None and transport is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 import httpx
 
@@ -44,7 +45,7 @@ def token_endpoint(url: str, *, secrets: Iterable[str] = (), path: str = TOKEN_P
     Args:
         url: IAM's base URL.
         secrets: The API key and client secret (in every spelling sent). A URL that contains one,
-            in any letter case, is refused, and no message quotes one.
+            in any letter case or percent-encoded, is refused, and no message quotes one.
         path: The endpoint's path under the base URL.
 
     Raises:
@@ -60,7 +61,7 @@ def token_endpoint(url: str, *, secrets: Iterable[str] = (), path: str = TOKEN_P
     url = url.strip()
     if not url:
         raise ValueError(f"url must be a non-empty string {_URL_EXAMPLE}")
-    if contains_secret(url, secrets):
+    if contains_secret(url, secrets) or contains_secret(unquote(url), secrets):
         raise ValueError(
             f"url contains the API key or the client secret; pass IAM's base URL {_URL_EXAMPLE} "
             "(are two arguments swapped?)"

@@ -63,11 +63,13 @@ def read_secret(path: str, what: str) -> str:
             with open(path, encoding="utf-8") as file:
                 text = file.readline()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {what} from {path}: {type(exc).__name__}") from None
+        raise ValueError(f"cannot read {what} from {_shown(path)}: {type(exc).__name__}") from None
     text = text.strip()
     if not text:
         raise ValueError(
-            f"{path} is empty (expected {what})" if path != "-" else f"nothing on standard input (expected {what})"
+            f"{_shown(path)} is empty (expected {what})"
+            if path != "-"
+            else f"nothing on standard input (expected {what})"
         )
     return text
 
@@ -76,3 +78,14 @@ def fail(command: str, message: str, status: int) -> int:
     """Print ``aioiam COMMAND: error: MESSAGE`` on one line of stderr; return ``status``."""
     print(f"aioiam {command}: error: {' '.join(message.split())}", file=sys.stderr)
     return status
+
+
+def _shown(path: str) -> str:
+    """``path`` as a message may show it: not when it may be the key itself, typed in its place.
+
+    A path with a directory separator or a dot is shown; a bare word is not (IBM Cloud API keys
+    are bare words of letters, digits, ``-`` and ``_``).
+    """
+    if any(mark in path for mark in ("/", ".", "\\")):
+        return path
+    return "the file given (its name is not shown: it may be a key)"

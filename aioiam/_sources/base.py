@@ -8,7 +8,9 @@ cache or share anything: the manager does all of that around :meth:`TokenSource.
 from __future__ import annotations
 
 import base64
+import email.utils
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote_plus
@@ -71,6 +73,18 @@ def _request_id(headers: httpx.Headers) -> str | None:
     return None
 
 
+def _server_time(response: httpx.Response) -> float:
+    """The Unix time by the answer's ``Date`` header (the clock a ``Retry-After`` date is on), or
+    by the local clock when it has none or an unreadable one."""
+    date = response.headers.get("date")
+    if date:
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            pass
+    return time.time()
+
+
 async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redactor) -> TokenResponse:
     """Read an IAM token answer (status, headers, body) into a token or raise the matching error.
 
@@ -89,7 +103,7 @@ async def read_iam_answer(response: httpx.Response, *, url: str, redact: Redacto
         response.status_code,
         body,
         request_id=request_id,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        retry_after=parse_retry_after(response.headers.get("retry-after"), now=_server_time(response)),
         url=url,
         redact=redact,
     )

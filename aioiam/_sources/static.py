@@ -42,6 +42,8 @@ class StaticTokenSource:
 
     def __init__(self, access_token: str, *, wall_clock: Callable[[], float] = time.time) -> None:
         token = check_credential("access_token", access_token)
+        if token.lower().startswith("bearer ") or any(c.isspace() for c in token):
+            raise ValueError("access_token must be the token alone, without 'Bearer ' or spaces")
         exp = decode_jwt_claims(token).get("exp")
         if isinstance(exp, bool) or not isinstance(exp, (int, float)):
             raise ValueError("access_token is not a JWT with an 'exp' claim, so when it expires cannot be told")
