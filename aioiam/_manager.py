@@ -526,18 +526,18 @@ class TokenManager(AsyncContextManagerMixin):
         if token_state(current, now) is not TokenState.UNUSABLE:
             assert current is not None
             logger.warning(
-                "aioiam: token refresh failed (%s); still serving the current token, usable for %.0fs more; "
-                "next attempt in %.1fs",
+                "aioiam: token refresh failed (%s); still serving the current token, usable for %.3gs more; "
+                "next attempt in %.3gs",
                 error,
                 current.stale_at - now,
                 delay,
             )
         elif is_transient(error):
-            logger.warning("aioiam: token request failed (%s); next attempt allowed in %.1fs", error, delay)
+            logger.warning("aioiam: token request failed (%s); next attempt allowed in %.3gs", error, delay)
         else:
             logger.warning(
                 "aioiam: token request failed (%s); not retried in the background, callers within "
-                "the next %.1fs get this error without a new request",
+                "the next %.3gs get this error without a new request",
                 error,
                 delay,
             )

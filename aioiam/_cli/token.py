@@ -94,7 +94,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog=(
             "Credentials: --api-key-file, else --service NAME's (ibm-credentials.env, NAME_* variables, "
             "VCAP_SERVICES), else IBMCLOUD_API_KEY. Exit status: 0 a token; 2 bad usage; "
-            f"{EXIT_CREDENTIALS} credentials refused or configuration missing; {EXIT_UNAVAILABLE} IAM unavailable."
+            f"{EXIT_CREDENTIALS} credentials refused, or configuration missing or wrong; {EXIT_UNAVAILABLE} IAM "
+            "unavailable."
         ),
         allow_abbrev=False,
     )
