@@ -242,6 +242,10 @@ class CacheLink:
         self._health = after_store_failure(now, self.cache.recheck)
 
     def _describe(self, exc: BaseException) -> str:
+        inner = getattr(exc, "exceptions", None)  # an exception group (a task group's): its first cause
+        while isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+            exc = inner[0]
+            inner = getattr(exc, "exceptions", None)
         if isinstance(exc, TimeoutError) and not str(exc):
             return f"no answer within {self.cache.timeout:g}s"
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -292,25 +296,12 @@ class _Run:
         self.read_answered_at = 0.0
 
     async def through(self, session: CacheSession) -> Shared:
-        from ._sealing import unseal
-
         waiting_since: float | None = None
         watching = False
         while True:
-            sent_at = self.clock()
-            with anyio.fail_after(self.timeout):
-                blob, store_now = await session.read()
-            now = self.read_answered_at = self.clock()
-            self.store_now = store_now
-            entry = unseal(self.link.keys, blob)
-            if blob is not None and entry is None:
-                logger.debug("aioiam: the shared cache holds an unreadable entry; ignored (it will be replaced)")
-            step = after_read(
-                entry, store_now, read_sent_at=sent_at, now=now, avoid=self.avoid, policy=self.policy, u=self.u
-            )
-            if isinstance(step, Adopt):
-                logger.debug("aioiam: adopted the fleet's token; no request to IAM")
-                return Shared(step.response, None, step.started_at)
+            adopted = await self._read(session)
+            if adopted is not None:
+                return adopted
             with anyio.fail_after(self.timeout):
                 acquired = await session.acquire(self.owner, self.lock_seconds)
             now = self.clock()
@@ -331,8 +322,33 @@ class _Run:
             with anyio.fail_after(pause + self.timeout):
                 await session.wait(pause)
 
+    async def _read(self, session: CacheSession) -> Shared | None:
+        """Read the entry; the token to adopt, if it says so (see ``_fleet.after_read``)."""
+        from ._sealing import unseal
+
+        sent_at = self.clock()
+        with anyio.fail_after(self.timeout):
+            blob, store_now = await session.read()
+        now = self.read_answered_at = self.clock()
+        self.store_now = store_now
+        entry = unseal(self.link.keys, blob)
+        if blob is not None and entry is None:
+            logger.debug("aioiam: the shared cache holds an unreadable entry; ignored (it will be replaced)")
+        step = after_read(
+            entry, store_now, read_sent_at=sent_at, now=now, avoid=self.avoid, policy=self.policy, u=self.u
+        )
+        if not isinstance(step, Adopt):
+            return None
+        logger.debug("aioiam: adopted the fleet's token; no request to IAM")
+        return Shared(step.response, None, step.started_at)
+
     async def _ask_holding(self, session: CacheSession) -> Shared:
         try:
+            # Read again: a holder may have stored its token and released the lock between our
+            # read and our taking it.
+            adopted = await self._read(session)
+            if adopted is not None:
+                return adopted
             return await self._ask_and_publish(session)
         finally:
             if not self.published:

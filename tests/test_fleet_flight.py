@@ -54,7 +54,8 @@ async def test_a_cold_fleet_makes_one_request_and_everyone_gets_its_token() -> N
             for manager in managers * 20:
                 tg.start_soon(call, manager)
         assert fake.requests == 1
-        assert len(set(got)) == 1 and len(got) == 120
+        assert len(set(got)) == 1
+        assert len(got) == 120
     finally:
         await close_all(managers)
 
@@ -79,7 +80,8 @@ async def test_an_unreadable_entry_is_ignored_and_replaced() -> None:
     store.put(entry, b"aioiam1:garbage-that-is-no-token")
     try:
         token = await a.get_token()
-        assert fake.requests == 1 and fake.is_valid(token)
+        assert fake.requests == 1
+        assert fake.is_valid(token)
         assert store.get(entry) != b"aioiam1:garbage-that-is-no-token"
         (b,) = fleet(fake, store, 1)
         assert await b.get_token() == token  # the replacement is readable
@@ -134,7 +136,8 @@ async def test_a_refused_token_is_not_adopted_again() -> None:
         assert await b.get_token() == old
         assert a.invalidate(old)
         new = await a.get_token()
-        assert new != old and fake.requests == 2
+        assert new != old
+        assert fake.requests == 2
         assert b.invalidate(old)
         assert await b.get_token() == new  # the fleet's new token: no request
         assert fake.requests == 2
@@ -156,7 +159,8 @@ async def test_a_store_that_fails_is_bypassed_logged_once_and_used_again_when_ba
             manager.invalidate(token)
         assert fake.requests == 6  # each asked IAM itself
         assert all(attempt.ok for attempt in recorder.attempts)
-        assert a._record == NO_FAILURES and b._record == NO_FAILURES  # a store failure is no IAM failure
+        assert a._record == NO_FAILURES
+        assert b._record == NO_FAILURES
         failed = [r for r in caplog.records if "failed" in r.getMessage()]
         assert len(failed) == 2  # one per manager, not one per flight
         store.down = False

@@ -42,7 +42,7 @@ POLICY = RefreshPolicy()
 NONCE = bytes(range(12))
 
 
-def response(token: str = "header.payload.signature", lifetime: float = 3600.0) -> TokenResponse:
+def response(token: str = "header.payload.signature", lifetime: float = 3600.0) -> TokenResponse:  # noqa: S107
     return TokenResponse(access_token=token, token_type="Bearer", expires_in=lifetime, expiration=2_000_000_000)
 
 
@@ -146,9 +146,12 @@ def test_key_names_are_keyed_hashes_in_one_cluster_slot() -> None:
     keys = derive_keys((KEY,), "grant=apikey\nscope=", "ns")
     for name in (keys.entry, keys.lock, keys.channel):
         assert name.startswith("ns:{")
-        assert KEY not in name and "apikey" not in name and "scope" not in name
+        assert KEY not in name
+        assert "apikey" not in name
+        assert "scope" not in name
     tags = {name.split("{")[1].split("}")[0] for name in (keys.entry, keys.lock, keys.channel)}
-    assert len(tags) == 1 and len(tags.pop()) == 32
+    assert len(tags) == 1
+    assert len(tags.pop()) == 32
     assert "aead" not in repr(keys) or repr(keys.aead) not in repr(keys)
     assert keys == derive_keys((KEY,), "grant=apikey\nscope=", "ns")  # every process agrees
 
@@ -246,8 +249,9 @@ def sources(tmp_path: Path) -> list[object]:
 def test_every_source_says_what_its_token_is_for_without_a_secret(tmp_path: Path) -> None:
     identities = set()
     for source in sources(tmp_path):
-        identity, stable = cache_identity(source)  # type: ignore[arg-type]
-        assert KEY not in identity and "client-secret" not in identity
+        identity, _stable = cache_identity(source)  # type: ignore[arg-type]
+        assert KEY not in identity
+        assert "client-secret" not in identity
         identities.add(identity)
     assert len(identities) == 4
     assert cache_identity(aioiam.ApiKeySource(KEY))[1] == KEY
@@ -301,7 +305,8 @@ def test_the_key_and_the_caches_secret_both_enter_the_keys() -> None:
 def test_redis_cache_repr_shows_host_and_db_never_a_password() -> None:
     cache = aioiam.RedisTokenCache("redis://user:sup3r-s3cret-pass@redis.example:6380/3", secret="x" * 20)
     assert repr(cache) == "RedisTokenCache(redis://redis.example:6380/3, namespace='aioiam')"
-    assert "sup3r-s3cret-pass" in cache.secrets and "x" * 20 in cache.secrets
+    assert "sup3r-s3cret-pass" in cache.secrets
+    assert "x" * 20 in cache.secrets
     assert "sup3r" not in repr(aioiam.TokenManager(KEY, cache=cache))
 
 
