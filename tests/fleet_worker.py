@@ -26,9 +26,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     failures = 0
     calls = 0
     first: list[float] = []
+    print("ready", flush=True)  # before async with: its refresher would fetch the first token at once
+    await anyio.to_thread.run_sync(sys.stdin.readline)
     async with manager:
-        print("ready", flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.readline)
         started = time.perf_counter()
         until = started + args.seconds
 
