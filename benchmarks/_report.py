@@ -601,7 +601,8 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "Processes that each run their own manager for one credential, started together, with "
             f"{fleet['callers']} coroutines each calling `get_token()` every {fleet['pause_s']:g} s for "
             f"{fleet['window_s']:g} s of {fleet['lifetime_s']:g}-second tokens (IAM latency "
-            f"{fleet['latency_ms']:g} ms; medians of {fleet.get('repeats', 1)} runs), without and with `aioiam.RedisTokenCache` on a real `redis-server` on "
+            f"{fleet['latency_ms']:g} ms; medians of {fleet.get('repeats', 1)} runs), without and with "
+            "`aioiam.RedisTokenCache` on a real `redis-server` on "
             "loopback. Each process is a child of its own; the IAM emulator is another. The cold start is the "
             "slowest process's wait for its first token from the moment all were released; 'per lifetime' "
             "divides the IAM requests by what one process needs alone over the same window.",
