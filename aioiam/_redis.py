@@ -193,8 +193,11 @@ class RedisTokenCache:
     async def session(self, entry: str, lock: str, channel: str) -> AsyncIterator[_RedisSession]:
         """A connection for one flight; closed (with any subscription) when it ends."""
         async with self._connected() as client, anyio.create_task_group() as tg:
-            yield _RedisSession(client, entry, lock, channel, tg, self._timeout)
-            tg.cancel_scope.cancel()  # the subscription, if any
+            session = _RedisSession(client, entry, lock, channel, tg, self._timeout)
+            try:
+                yield session
+            finally:
+                session.stop()  # a subscription ends with an UNSUBSCRIBE (one round trip)
 
     @asynccontextmanager
     async def _connected(self) -> AsyncIterator[coredis.Redis[Any] | coredis.RedisCluster[Any]]:
@@ -236,7 +239,7 @@ def _location(url: str) -> tuple[str, str | None]:
 class _RedisSession:
     """One flight's calls to Redis. Bounded by the caller (``_cache``); raises coredis's errors."""
 
-    __slots__ = ("_channel", "_client", "_entry", "_lock", "_news", "_tg", "_timeout")
+    __slots__ = ("_channel", "_client", "_entry", "_lock", "_news", "_stop", "_tg", "_timeout")
 
     def __init__(
         self,
@@ -254,6 +257,11 @@ class _RedisSession:
         self._tg = tg
         self._timeout = timeout
         self._news = anyio.Event()
+        self._stop = anyio.Event()
+
+    def stop(self) -> None:
+        """End the subscription, if any (the session's task group then waits for it)."""
+        self._stop.set()
 
     async def read(self) -> tuple[bytes | None, float]:
         reply = await self._client.eval(READ, [self._entry], [])
@@ -284,20 +292,25 @@ class _RedisSession:
         if self._news.is_set():
             self._news = anyio.Event()
 
+    def _on_news(self, message: object) -> None:
+        self._news.set()
+
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         started = False
         try:
             async with self._client.pubsub(
-                channels=[self._channel],
+                channel_handlers={self._channel: self._on_news},
                 ignore_subscribe_messages=True,
                 retry_policy=None,
                 subscription_timeout=self._timeout,
             ) as pubsub:
                 task_status.started()
                 started = True
-                while True:
-                    if await pubsub.get_message() is not None:
-                        self._news.set()
+                await self._stop.wait()
+                # Unsubscribed first, coredis's pubsub closes at once; otherwise it waits for
+                # more messages for its whole unsubscription timeout (0.1 s) as it closes.
+                with anyio.move_on_after(self._timeout):
+                    await pubsub.unsubscribe(self._channel)
         except Exception:
             if not started:
                 raise

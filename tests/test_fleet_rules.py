@@ -347,3 +347,15 @@ def test_importing_aioiam_imports_neither_coredis_nor_cryptography() -> None:
 def test_a_unix_socket_url_is_accepted() -> None:
     assert "unix:///tmp/redis.sock" in repr(aioiam.RedisTokenCache("unix:///tmp/redis.sock?db=1"))
     assert math.isfinite(aioiam.RedisTokenCache().timeout)
+
+
+def test_from_env_passes_the_cache_to_the_manager(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("IBM_CREDENTIALS_FILE", raising=False)
+    monkeypatch.setenv("IBMCLOUD_API_KEY", KEY)
+    monkeypatch.setenv("MY_SERVICE_APIKEY", KEY)
+    cache = MemoryCache(MemoryStore())
+    for manager in (aioiam.TokenManager.from_env(cache=cache), aioiam.TokenManager.from_env("my-service", cache=cache)):
+        assert manager._settings.cache is not None
+        assert manager._settings.cache.cache is cache
