@@ -89,6 +89,7 @@ async def run(
         async with Emulator(lifetime=lifetime, latency=latency) as emulator:
             single: float | None = None
             single_cold: float | None = None
+            uncached_cold: float | None = None
             for count in sizes:
                 for cache in (False, True):
                     trials = []
@@ -111,6 +112,8 @@ async def run(
                     cold = statistics.median(t["cold_start_ms"] for t in trials)
                     if count == 1 and not cache:
                         single, single_cold = float(requests), cold
+                    if not cache:
+                        uncached_cold = cold
                     row = {
                         "processes": count,
                         "cache": cache,
@@ -119,6 +122,8 @@ async def run(
                         "per_lifetime": requests / single if single else None,
                         "cold_start_ms": cold,
                         "cold_vs_single": cold / single_cold if single_cold else None,
+                        # the same number of processes without the cache: what the machine costs
+                        "cold_vs_uncached": cold / uncached_cold if uncached_cold else None,
                         "max_in_flight": max(t["max_in_flight"] for t in trials),
                         "failures": sum(t["failures"] for t in trials),
                         "trials": trials,
