@@ -66,8 +66,14 @@ class CacheSession(Protocol):
         """The entry (or ``None``) and the store's clock (Unix seconds), read together."""
         ...
 
-    async def acquire(self, owner: str, ttl: float) -> bool:
-        """Take the lock for ``owner`` if nobody holds it, for ``ttl`` seconds at most."""
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
+        """Take the lock for ``owner``, for ``ttl`` seconds at most, if nobody holds it and the
+        entry is still ``seen`` (the one the caller judged); in the same step, read the entry and
+        the store's clock.
+
+        Returns:
+            Whether the lock was taken, the entry (``None`` if none), the store's clock.
+        """
         ...
 
     async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
@@ -296,14 +302,26 @@ class _Run:
         self.read_answered_at = 0.0
 
     async def through(self, session: CacheSession) -> Shared:
+        sent_at = self.clock()
+        with anyio.fail_after(self.timeout):
+            seen, store_now = await session.read()
+        adopted = self._judge(seen, store_now, sent_at)
+        if adopted is not None:
+            return adopted
         waiting_since: float | None = None
         watching = False
         while True:
-            adopted = await self._read(session)
-            if adopted is not None:
-                return adopted
+            # Take the lock only if the entry is still the one just judged: a token stored in
+            # between is read here instead, with no lock taken and no second round trip.
+            sent_at = self.clock()
             with anyio.fail_after(self.timeout):
-                acquired = await session.acquire(self.owner, self.lock_seconds)
+                acquired, blob, store_now = await session.acquire(self.owner, self.lock_seconds, seen)
+            adopted = self._judge(blob, store_now, sent_at)
+            if adopted is not None:
+                if acquired:  # not for lack of a fresh token: only if the store broke its word
+                    await self._release(session)
+                return adopted
+            seen = blob
             now = self.clock()
             action = after_contending(acquired, now=now, waiting_since=waiting_since, lock_seconds=self.lock_seconds)
             if isinstance(action, AskHolding):
@@ -317,18 +335,15 @@ class _Run:
                 with anyio.fail_after(self.timeout):
                     await session.watch()
                 watching = True
-                continue  # read again: the token may have landed before we listened
+                continue  # look again: the token may have landed before we listened
             pause = min(self.link.cache.poll_interval, max(0.0, action.until - now))
             with anyio.fail_after(pause + self.timeout):
                 await session.wait(pause)
 
-    async def _read(self, session: CacheSession) -> Shared | None:
-        """Read the entry; the token to adopt, if it says so (see ``_fleet.after_read``)."""
+    def _judge(self, blob: bytes | None, store_now: float, sent_at: float) -> Shared | None:
+        """The token to adopt from what the store holds, if any (see ``_fleet.after_read``)."""
         from ._sealing import unseal
 
-        sent_at = self.clock()
-        with anyio.fail_after(self.timeout):
-            blob, store_now = await session.read()
         now = self.read_answered_at = self.clock()
         self.store_now = store_now
         entry = unseal(self.link.keys, blob)
@@ -344,21 +359,19 @@ class _Run:
 
     async def _ask_holding(self, session: CacheSession) -> Shared:
         try:
-            # Read again: a holder may have stored its token and released the lock between our
-            # read and our taking it.
-            adopted = await self._read(session)
-            if adopted is not None:
-                return adopted
             return await self._ask_and_publish(session)
         finally:
             if not self.published:
                 # Nothing stored (IAM failed, the answer is unusable, or we were cancelled):
                 # release the lock so the next process need not wait for it to lapse.
-                with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
-                    try:
-                        await session.release(self.owner)
-                    except Exception:  # the lock lapses by itself; the failure that matters goes on
-                        logger.debug("aioiam: could not release the shared cache's lock; it lapses by itself")
+                await self._release(session)
+
+    async def _release(self, session: CacheSession) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
+            try:
+                await session.release(self.owner)
+            except Exception:  # the lock lapses by itself; the failure that matters goes on
+                logger.debug("aioiam: could not release the shared cache's lock; it lapses by itself")
 
     async def _ask_and_publish(self, session: CacheSession) -> Shared:
         shared = self.asked = await _ask(self.ask, self.clock, self.request_timeout)

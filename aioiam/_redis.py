@@ -5,7 +5,9 @@ it holds. Four Redis calls, each one round trip:
 
 - read: a Lua script returning ``TIME`` and ``GET entry`` together (Redis's own clock, read with
   the entry, times every token the same way on every host);
-- acquire: ``SET lock owner NX PX ttl``;
+- acquire: a Lua script that takes the lock (``SET lock owner NX PX ttl``) only if the entry is
+  still the one the flight judged, and returns the entry and ``TIME`` with the outcome: a token
+  stored in between is read, not fetched again;
 - publish: a Lua script that sets the entry with its expiry, deletes the lock if it is still the
   owner's, and ``PUBLISH``es on the channel;
 - release: a Lua script that deletes the lock only if it is the owner's (compare and delete),
@@ -46,6 +48,18 @@ _INSTALL = "pip install 'aioiam[redis]'"
 #: The entry and the store's clock, in one round trip. A missing key is Lua ``false``, which
 #: keeps its place in the table (a ``nil`` would end it).
 READ = "local t = redis.call('TIME') return {t[1], t[2], redis.call('GET', KEYS[1])}"
+#: Take the lock if the entry is still ARGV[3] ('' for none) and nobody holds it; with the entry
+#: and the clock, as READ.
+ACQUIRE = """
+local t = redis.call('TIME')
+local current = redis.call('GET', KEYS[1])
+local taken = 0
+if ((current == false and ARGV[3] == '') or current == ARGV[3])
+    and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  taken = 1
+end
+return {taken, t[1], t[2], current}
+"""
 #: Store the entry, release the owner's lock, announce.
 PUBLISH = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -236,6 +250,14 @@ def _location(url: str) -> tuple[str, str | None]:
     return f"{parts.scheme}://{parts.hostname}:{port or 6379}/{db}", password
 
 
+def _entry_and_clock(seconds_part: object, micros: object, blob: object) -> tuple[bytes | None, float]:
+    if isinstance(blob, str):
+        blob = blob.encode("ascii", "replace")
+    if not isinstance(seconds_part, (bytes, str, int)) or not isinstance(micros, (bytes, str, int)):
+        raise ValueError("Redis answered with something unexpected for TIME")
+    return (blob if isinstance(blob, bytes) else None), int(seconds_part) + int(micros) / 1e6
+
+
 class _RedisSession:
     """One flight's calls to Redis. Bounded by the caller (``_cache``); raises coredis's errors."""
 
@@ -267,15 +289,16 @@ class _RedisSession:
         reply = await self._client.eval(READ, [self._entry], [])
         if not isinstance(reply, list) or len(reply) != 3:
             raise ValueError("Redis answered the read with something unexpected")
-        seconds_part, micros, blob = reply
-        if isinstance(blob, str):
-            blob = blob.encode("ascii", "replace")
-        return (blob if isinstance(blob, bytes) else None), int(seconds_part) + int(micros) / 1e6
+        return _entry_and_clock(*reply)
 
-    async def acquire(self, owner: str, ttl: float) -> bool:
-        from coredis.tokens import PureToken
-
-        return bool(await self._client.set(self._lock, owner, condition=PureToken.NX, px=_milliseconds(ttl)))
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
+        reply = await self._client.eval(
+            ACQUIRE, [self._entry, self._lock], [owner, _milliseconds(ttl), seen if seen is not None else b""]
+        )
+        if not isinstance(reply, list) or len(reply) != 4:
+            raise ValueError("Redis answered the lock with something unexpected")
+        blob, now = _entry_and_clock(*reply[1:])
+        return reply[0] == 1, blob, now
 
     async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
         await self._client.eval(PUBLISH, [self._entry, self._lock], [entry, _milliseconds(ttl), owner, self._channel])

@@ -95,12 +95,15 @@ class MemorySession:
             value = value.encode()
         return value, self.store.now()
 
-    async def acquire(self, owner: str, ttl: float) -> bool:
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
         await self.store.call("acquire")
-        if self.store.get(self.lock) is not None:
-            return False
-        self.store.put(self.lock, owner, ttl)
-        return True
+        current = self.store.get(self.entry)
+        if isinstance(current, str):
+            current = current.encode()
+        taken = current == seen and self.store.get(self.lock) is None
+        if taken:
+            self.store.put(self.lock, owner, ttl)
+        return taken, current, self.store.now()
 
     async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
         await self.store.call("publish")
