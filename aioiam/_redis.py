@@ -315,21 +315,21 @@ class _RedisSession:
         if self._news.is_set():
             self._news = anyio.Event()
 
-    def _on_news(self, message: object) -> None:
-        self._news.set()
-
     async def _listen(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         started = False
         try:
             async with self._client.pubsub(
-                channel_handlers={self._channel: self._on_news},
+                channels=[self._channel],
                 ignore_subscribe_messages=True,
                 retry_policy=None,
                 subscription_timeout=self._timeout,
             ) as pubsub:
                 task_status.started()
                 started = True
-                await self._stop.wait()
+                async with anyio.create_task_group() as pump:
+                    pump.start_soon(self._pump, pubsub)
+                    await self._stop.wait()
+                    pump.cancel_scope.cancel()
                 # Unsubscribed first, coredis's pubsub closes at once; otherwise it waits for
                 # more messages for its whole unsubscription timeout (0.1 s) as it closes.
                 with anyio.move_on_after(self._timeout):
@@ -338,3 +338,11 @@ class _RedisSession:
             if not started:
                 raise
             self._news.set()  # the subscription broke: the waiter reads again now, then polls
+
+    async def _pump(self, pubsub: Any) -> None:
+        # Messages are read from the subscription's stream, not through a channel handler:
+        # coredis installs a handler only after the subscription is confirmed, and a message
+        # arriving in between would miss it.
+        while True:
+            if await pubsub.get_message() is not None:
+                self._news.set()
