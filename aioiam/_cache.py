@@ -183,7 +183,10 @@ class CacheLink:
     __slots__ = ("_health", "_redact", "cache", "keys")
 
     def __init__(self, cache: TokenCache, source: TokenSource) -> None:
-        from ._sealing import derive_keys  # needs the aioiam[redis] extra
+        try:
+            from ._sealing import derive_keys  # needs cryptography
+        except ImportError as exc:
+            raise ImportError("a shared token cache needs the redis extra: pip install 'aioiam[redis]'") from exc
 
         identity, stable = cache_identity(source)
         material = tuple(s for s in (stable, cache.secret) if s)
