@@ -4,6 +4,7 @@ The public surface is re-exported here; everything in ``aioiam._*`` modules is p
 """
 
 from ._auth import DEFAULT_ALLOWED_HOSTS, IAMAuth
+from ._cache import CacheSession, TokenCache
 from ._exceptions import (
     ConfigurationError,
     IAMError,
@@ -15,6 +16,7 @@ from ._exceptions import (
 )
 from ._hooks import FetchAttempt, Hook
 from ._manager import TokenManager
+from ._redis import RedisTokenCache
 from ._sources import (
     ApiKeySource,
     AssumeProfileSource,
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_ALLOWED_HOSTS",
     "ApiKeySource",
     "AssumeProfileSource",
+    "CacheSession",
     "ConfigurationError",
     "ContainerSource",
     "FetchAttempt",
@@ -41,10 +44,12 @@ __all__ = [
     "InvalidCredentialsError",
     "InvalidResponseError",
     "ManagerClosedError",
+    "RedisTokenCache",
     "RefreshPolicy",
     "RetryPolicy",
     "StaticTokenSource",
     "Token",
+    "TokenCache",
     "TokenManager",
     "TokenResponse",
     "TokenSource",

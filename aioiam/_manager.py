@@ -33,6 +33,7 @@ import httpx
 from anyio import AsyncContextManagerMixin
 
 from ._backend import Backend, detect
+from ._cache import Shared, TokenCache
 from ._config import api_key_from_environment, find_service, manager_arguments, service_prefix
 from ._decisions import (
     NO_FAILURES,
@@ -104,13 +105,18 @@ class TokenManager(AsyncContextManagerMixin):
         verify: TLS verification for the client the manager makes: ``True`` (the default) or an
             ``ssl.SSLContext`` (for a private CA). ``False`` turns verification off and logs a
             warning; never do that against real IAM. Not allowed with ``http_client``.
+        cache: A shared cache (:class:`~aioiam.RedisTokenCache`) through which a fleet of
+            processes shares one token per credential: a flight reads it first and adopts a
+            fresher token, and one process at a time asks IAM. Without it, nothing is shared.
 
     Raises:
         ValueError: A missing or blank key, a key that looks like a placeholder or a quoted value,
             a non-https URL for a non-loopback host, a URL containing a secret, only one of
-            ``client_id``/``client_secret``, or conflicting arguments.
+            ``client_id``/``client_secret``, conflicting arguments, or a cache with a source whose
+            credential rotates and no ``secret=`` on the cache.
         TypeError: An argument of the wrong type (a key that is not a ``str``, a policy of the
-            wrong class, a clock that is not callable, an ``async def`` hook, ...).
+            wrong class, a clock that is not callable, an ``async def`` hook, ...), or a cache
+            with a custom source that has no ``cache_identity()``.
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class TokenManager(AsyncContextManagerMixin):
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         verify: bool | ssl.SSLContext = True,
+        cache: TokenCache | None = None,
     ) -> None:
         settings = make_settings(
             api_key,
@@ -148,6 +155,7 @@ class TokenManager(AsyncContextManagerMixin):
             wall_clock=wall_clock,
             rng=rng,
             verify=verify,
+            cache=cache,
         )
         self._settings = settings
         self._source = settings.source
@@ -168,6 +176,8 @@ class TokenManager(AsyncContextManagerMixin):
         self._warned_skew = False
         self._last_drop = -math.inf  # when invalidate() last dropped a token
         self._requests = 0
+        # The token a service refused (invalidate()): a flight must not adopt it from the cache.
+        self._dropped: str | None = None
 
     @classmethod
     def from_env(cls, service_name: str | None = None, **overrides: Any) -> TokenManager:
@@ -280,6 +290,7 @@ class TokenManager(AsyncContextManagerMixin):
             return False
         self._last_drop = now
         self._publish(None)
+        self._dropped = access_token
         logger.info("aioiam: token dropped after a 401 from a service; fetching a new one")
         self._poke()
         return True
@@ -426,7 +437,11 @@ class TokenManager(AsyncContextManagerMixin):
         """
         assert self._flight is None
         assert self._backend is not None
-        flight = Flight(self._backend.new_latch(), self._clock() + self._settings.retry.request_timeout)
+        settings = self._settings
+        budget = settings.retry.request_timeout
+        if settings.cache is not None:
+            budget = settings.cache.budget(budget)
+        flight = Flight(self._backend.new_latch(), self._clock() + budget)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
@@ -477,35 +492,74 @@ class TokenManager(AsyncContextManagerMixin):
 
     async def _attempt(self, flight: Flight) -> None:
         settings = self._settings
-        sent_at = self._clock()
-        wall_sent_at = settings.wall_clock()
-        background = token_state(self._token, sent_at) is not TokenState.UNUSABLE
-        self._requests += 1
-        # Budgeted from when the flight was made, so ``ends_by`` holds even if this task
-        # started late on a busy loop.
-        answer, error = await fetch(
-            self._source,
-            self._client,
-            max(0.0, flight.ends_by - sent_at),
-            redact=self._redact,
-            timeout_text=f"IAM did not answer within {settings.retry.request_timeout:g}s",
-        )
+        background = token_state(self._token, self._clock()) is not TokenState.UNUSABLE
+        sent: list[float] = []  # when this process's own request was sent: our clock, the wall clock
+
+        async def ask(budget: float) -> tuple[object, IAMError | None]:
+            sent[:] = [self._clock(), settings.wall_clock()]
+            self._requests += 1
+            return await fetch(
+                self._source,
+                self._client,
+                budget,
+                redact=self._redact,
+                timeout_text=f"IAM did not answer within {settings.retry.request_timeout:g}s",
+            )
+
+        if settings.cache is None:
+            # Budgeted from when the flight was made, so ``ends_by`` holds even if this task
+            # started late on a busy loop.
+            answer, error = await ask(max(0.0, flight.ends_by - self._clock()))
+            started_at = sent[0]
+            u = None
+        else:
+            u = settings.rng.random()  # drawn first: the cache's decision and the schedule share it
+            current = self._token
+            shared: Shared = await settings.cache.fetch(
+                ask,
+                clock=self._clock,
+                policy=settings.refresh,
+                request_timeout=min(settings.retry.request_timeout, max(0.0, flight.ends_by - self._clock())),
+                u=u,
+                avoid=current.access_token if current is not None else self._dropped,
+            )
+            answer, error, started_at = shared.answer, shared.error, shared.started_at
         now = self._clock()
         if self._state is State.CLOSED:
             flight.finish(None, ManagerClosedError("the TokenManager was closed while fetching"))
             return
         outcome = (
-            error if error is not None else check_answer(answer, sent_at, now, settings.refresh, settings.rng.random())
+            error
+            if error is not None
+            else check_answer(answer, started_at, now, settings.refresh, settings.rng.random() if u is None else u)
         )
+        if not sent:  # adopted from the fleet: no request, no hooks, no failure to record
+            self._adopt(flight, outcome)
+            return
         if isinstance(outcome, Token):
-            self._succeed(flight, outcome, wall_sent_at, now - sent_at, background)
+            self._succeed(flight, outcome, sent[1], now - sent[0], background)
         else:
-            self._fail(flight, outcome, now, now - sent_at, background)
+            self._fail(flight, outcome, now, now - sent[0], background)
+
+    def _adopt(self, flight: Flight, outcome: Token | IAMError) -> None:
+        if not isinstance(outcome, Token):
+            # It went stale between the decision and now (a blocked loop): nothing failed at
+            # IAM. Abandoned: the waiters decide again, and one of them starts a new flight.
+            logger.debug("aioiam: the fleet's token went stale before it could be taken (%s)", outcome)
+            flight.finish(None, None)
+            return
+        self._publish(outcome)
+        self._record = NO_FAILURES
+        self._dropped = None
+        logger.debug("aioiam: took the fleet's token; refresh due in %.0fs", outcome.refresh_at - self._clock())
+        flight.finish(outcome, None)
+        self._poke()
 
     def _succeed(self, flight: Flight, token: Token, wall_sent_at: float, duration: float, background: bool) -> None:
         self._check_skew(token, wall_sent_at)
         self._publish(token)
         self._record = NO_FAILURES
+        self._dropped = None
         logger.debug(
             "aioiam: got a token valid for %.0fs in %.3fs; refresh due in %.0fs",
             token.expires_in,

@@ -17,6 +17,7 @@ from functools import cache
 
 import httpx
 
+from ._cache import CacheLink, TokenCache
 from ._hooks import Hook, logger
 from ._sources import USER_AGENT, ApiKeySource, TokenSource
 from ._timing import RefreshPolicy, RetryPolicy
@@ -39,6 +40,7 @@ class Settings:
         http_client: The user's client, or ``None`` when the manager makes (and owns) its own.
         transport: The transport for the client the manager makes.
         verify: TLS verification for the client the manager makes.
+        cache: The shared cache with this credential's keys, or ``None``.
     """
 
     source: TokenSource
@@ -51,9 +53,11 @@ class Settings:
     http_client: httpx.AsyncClient | None
     transport: httpx.AsyncBaseTransport | None
     verify: bool | ssl.SSLContext
+    cache: CacheLink | None = None
 
     def __repr__(self) -> str:
-        return f"Settings(source={self.source!r}, refresh={self.refresh!r}, retry={self.retry!r})"
+        cache = f", cache={self.cache.cache!r}" if self.cache is not None else ""
+        return f"Settings(source={self.source!r}, refresh={self.refresh!r}, retry={self.retry!r}{cache})"
 
 
 def _check_hooks(hooks: Sequence[Hook]) -> tuple[Hook, ...]:
@@ -96,6 +100,7 @@ def make_settings(
     wall_clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
     verify: bool | ssl.SSLContext = True,
+    cache: TokenCache | None = None,
 ) -> Settings:
     """Check ``TokenManager``'s arguments and freeze them. Takes exactly its keyword arguments.
 
@@ -103,8 +108,10 @@ def make_settings(
 
     Raises:
         ValueError: A missing or blank key, a bad URL, only one of ``client_id``/``client_secret``,
-            or conflicting arguments. No message quotes a secret.
-        TypeError: An argument of the wrong type.
+            conflicting arguments, or a cache with no stable secret to derive keys from. No
+            message quotes a secret.
+        TypeError: An argument of the wrong type, or a cache with a source that has no
+            ``cache_identity()``.
     """
     if source is None:
         if api_key is None:
@@ -137,6 +144,9 @@ def make_settings(
     if http_client is not None and verify is not True:
         raise ValueError("verify applies to the client the manager makes; configure your http_client instead")
     checked_hooks = _check_hooks(hooks)
+    if cache is not None and not isinstance(cache, TokenCache):
+        raise TypeError(f"cache must implement aioiam.TokenCache (aioiam.RedisTokenCache), not {type(cache).__name__}")
+    link = CacheLink(cache, source) if cache is not None else None
     if verify is False:
         logger.warning(
             "aioiam: TLS certificate verification of IAM is OFF (verify=False); anyone on the path "
@@ -153,6 +163,7 @@ def make_settings(
         http_client=http_client,
         transport=transport,
         verify=verify,
+        cache=link,
     )
 
 

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _auth, _cold, _cold_load, _hot, _outage, _report, _stall, _tenants
+from . import _auth, _cold, _cold_load, _fleet, _hot, _outage, _report, _stall, _tenants
 from ._contenders import AIOIAM, AIOIAM_ON_DEMAND, CONTENDERS, HAND_ROLLED, HAND_ROLLED_EVENT, IBM
 from ._machine import describe
 
-SCENARIOS = ("cold", "cold-load", "hot", "stall", "auth", "outage", "tenants")
+SCENARIOS = ("cold", "cold-load", "hot", "stall", "auth", "outage", "tenants", "fleet")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
@@ -66,6 +66,11 @@ class Sizes:
     tenants_one: int
     tenants_many: int
     tenants_own_client_many: int
+    fleet_sizes: list[int]
+    fleet_lifetime: float
+    fleet_window: float
+    fleet_callers: int
+    fleet_repeats: int
     contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
 
 
@@ -102,6 +107,11 @@ FULL = Sizes(
     tenants_one=100,
     tenants_many=10_000,
     tenants_own_client_many=10_000,
+    fleet_sizes=[1, 2, 4, 8, 16],
+    fleet_lifetime=2.0,
+    fleet_window=5.0,
+    fleet_callers=100,
+    fleet_repeats=3,
 )
 
 QUICK = Sizes(
@@ -137,6 +147,11 @@ QUICK = Sizes(
     tenants_one=2,
     tenants_many=10,
     tenants_own_client_many=5,
+    fleet_sizes=[1, 2],
+    fleet_lifetime=1.0,
+    fleet_window=1.5,
+    fleet_callers=10,
+    fleet_repeats=1,
 )
 
 
@@ -212,6 +227,17 @@ async def _run(sizes: Sizes, scenarios: list[str]) -> dict[str, Any]:
                 one=sizes.tenants_one,
                 many=sizes.tenants_many,
                 own_client_many=sizes.tenants_own_client_many,
+                log=_log,
+            )
+        elif scenario == "fleet":
+            results[scenario] = await _fleet.run(
+                sizes.fleet_sizes,
+                lifetime=sizes.fleet_lifetime,
+                window=sizes.fleet_window,
+                latency=sizes.cold_latency,
+                callers=sizes.fleet_callers,
+                pause=0.1,
+                repeats=sizes.fleet_repeats,
                 log=_log,
             )
         results[scenario]["seconds"] = time.perf_counter() - started

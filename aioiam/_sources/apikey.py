@@ -66,6 +66,10 @@ class ApiKeySource(FormGrant):
     def __repr__(self) -> str:
         return f"ApiKeySource(endpoint={self.endpoint!r}, client_auth={self._authorization is not None})"
 
+    def cache_identity(self) -> tuple[str, str | None]:
+        """For a shared cache: what the token is for (no secret), and the key, the stable secret."""
+        return self._identity(APIKEY_GRANT), self._form["apikey"]
+
     def build_request(self, client: httpx.AsyncClient) -> httpx.Request:
         """The token request, ready to send. Pure apart from reading ``client``'s defaults."""
         return self._form_request(client, self._form)

@@ -80,6 +80,10 @@ class AssumeProfileSource(FormGrant):
         selector = ", ".join(f"{name}={value!r}" for name, value in self._profile.items())
         return f"AssumeProfileSource({selector}, endpoint={self.endpoint!r})"
 
+    def cache_identity(self) -> tuple[str, str | None]:
+        """For a shared cache: the profile's token (no secret), and the API key, the stable secret."""
+        return self._identity(ASSUME_GRANT, **self._profile), self._inner.cache_identity()[1]
+
     @property
     def secrets(self) -> Sequence[str]:
         """The API key (also form-encoded) and the API-key token held for the exchange."""

@@ -29,6 +29,7 @@ __all__ = [
     "FormGrant",
     "TokenSource",
     "check_credential",
+    "identity",
     "one_chunk",
     "optional_str",
     "read_iam_answer",
@@ -48,6 +49,13 @@ class TokenSource(Protocol):
 
     A source must not retry or sleep, and must raise only :class:`~aioiam.IAMError` subclasses or
     ``httpx`` transport errors (which the manager treats as transient).
+
+    To be used with a shared cache (``TokenManager(cache=...)``) a source also needs
+    ``cache_identity() -> tuple[str, str | None]``: what its token is for, as a string holding no
+    secret (grant, endpoint, profile, scope, client id: two sources with the same identity and
+    secret get each other's tokens), and the stable secret to derive the cache's keys from, or
+    ``None`` when its credential rotates (the cache then needs ``secret=``). Every source aioiam
+    ships has one; without it, a cache is refused with ``TypeError``.
     """
 
     @property
@@ -159,6 +167,12 @@ def one_chunk(request: httpx.Request) -> httpx.Request:
     return request
 
 
+def identity(**fields: str | None) -> str:
+    """A token's non-secret identity for a shared cache: ``name=value`` lines, sorted, empty
+    values included (so a scope added later names another token). Never put a secret in it."""
+    return "\n".join(f"{name}={value or ''}" for name, value in sorted(fields.items()))
+
+
 def check_credential(name: str, value: object) -> str:
     """``value`` stripped of surrounding white space, if it can be a credential called ``name``.
 
@@ -219,7 +233,7 @@ class FormGrant:
             placeholder or a quoted value; a bad URL, or one holding a secret in any case.
     """
 
-    __slots__ = ("_authorization", "_scope", "_static_secrets", "_warned_unverified", "endpoint")
+    __slots__ = ("_authorization", "_client_id", "_scope", "_static_secrets", "_warned_unverified", "endpoint")
 
     def __init__(
         self,
@@ -234,9 +248,11 @@ class FormGrant:
             raise ValueError("client_id and client_secret go together: pass both or neither")
         all_secrets = [s for secret in secrets for s in (secret, quote_plus(secret))]
         self._authorization: str | None = None
+        self._client_id: str | None = None
         if client_id is not None and client_secret is not None:
             client_id = check_credential("client_id", client_id)
             client_secret = check_credential("client_secret", client_secret)
+            self._client_id = client_id
             encoded = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
             self._authorization = "Basic " + encoded
             all_secrets += [client_secret, quote_plus(client_secret), encoded]
@@ -255,6 +271,10 @@ class FormGrant:
         string cannot be scrubbed from text without mangling unrelated words.
         """
         return self._static_secrets
+
+    def _identity(self, grant: str, **fields: str | None) -> str:
+        """The identity of this grant's tokens: ``grant``, the endpoint, scope, client id, ``fields``."""
+        return identity(grant=grant, endpoint=self.endpoint, scope=self._scope, client_id=self._client_id, **fields)
 
     def _form_request(self, client: httpx.AsyncClient, form: Mapping[str, str]) -> httpx.Request:
         """The token request for ``form`` (``scope`` added when configured), ready to send."""

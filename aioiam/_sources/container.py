@@ -80,6 +80,11 @@ class ContainerSource(FormGrant):
         selector = ", ".join(f"{name}={value!r}" for name, value in self._profile.items())
         return f"ContainerSource({selector}, endpoint={self.endpoint!r}, cr_token_files={list(self._files)!r})"
 
+    def cache_identity(self) -> tuple[str, str | None]:
+        """For a shared cache: the profile's token (no secret), and no stable secret: the
+        compute-resource token rotates, so a cache needs ``secret=``."""
+        return self._identity(CR_TOKEN_GRANT, **self._profile), None
+
     @property
     def secrets(self) -> Sequence[str]:
         """The client secret (when configured) and the compute-resource token last read."""

@@ -11,7 +11,7 @@ import httpx
 from .._exceptions import ConfigurationError
 from .._redaction import redactable
 from .._token import MAX_EXPIRES_IN, TokenResponse, decode_jwt_claims
-from .base import check_credential
+from .base import check_credential, identity
 
 __all__ = ["StaticTokenSource"]
 
@@ -59,6 +59,10 @@ class StaticTokenSource:
 
     def _expiry_text(self) -> str:
         return datetime.fromtimestamp(self._exp, tz=timezone.utc).isoformat(timespec="seconds")
+
+    def cache_identity(self) -> tuple[str, str | None]:
+        """For a shared cache: a given bearer token, and the token itself as the stable secret."""
+        return identity(grant="bearer-token"), self._token
 
     @property
     def secrets(self) -> Sequence[str]:

@@ -11,7 +11,7 @@ import httpx
 from .._redaction import Redactor, redactable, scrub
 from .._token import TokenResponse
 from .._urls import is_loopback_host
-from .base import USER_AGENT, one_chunk, optional_str, read_iam_answer
+from .base import USER_AGENT, identity, one_chunk, optional_str, read_iam_answer
 
 __all__ = ["DEFAULT_METADATA_URL", "METADATA_API_VERSION", "VPCInstanceSource", "metadata_base_url"]
 
@@ -100,6 +100,11 @@ class VPCInstanceSource:
     def __repr__(self) -> str:
         selector = f"{next(iter(self._profile))}={next(iter(self._profile.values()))!r}" if self._profile else "default"
         return f"VPCInstanceSource(profile={selector}, metadata_url={self._base!r})"
+
+    def cache_identity(self) -> tuple[str, str | None]:
+        """For a shared cache: the profile's token (no secret), and no stable secret: the
+        instance proves itself afresh each time, so a cache needs ``secret=``."""
+        return identity(grant="vpc-instance-identity", metadata_url=self._base, **self._profile), None
 
     @property
     def secrets(self) -> Sequence[str]:

@@ -1,0 +1,243 @@
+"""Fleet mode's flight on virtual time, several managers sharing an in-memory store (a dict plays
+Redis): adopt, contend, wait, take over a dead holder's lock, fall back when the store fails."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import pytest
+
+from aioiam import RetryPolicy, TokenManager
+from aioiam._decisions import NO_FAILURES
+from aioiam.testing import FakeIAM, Fault
+from tests.fleet_helpers import MemoryCache, MemoryStore
+from tests.helpers import KEY, Recorder, make_manager
+
+pytestmark = pytest.mark.anyio
+
+LOCK_TTL = 5.0 + 2 * 0.5 + 1.0  # lock_ttl(request_timeout=5, store timeout=0.5)
+
+
+def fleet(fake: FakeIAM, store: MemoryStore, count: int, **kwargs: Any) -> list[TokenManager]:
+    kwargs.setdefault("retry", RetryPolicy(request_timeout=5.0, timeout=15.0))
+    return [make_manager(fake, cache=MemoryCache(store), **kwargs) for _ in range(count)]
+
+
+async def close_all(managers: list[TokenManager]) -> None:
+    for manager in managers:
+        await manager.aclose()
+
+
+async def test_a_second_manager_adopts_the_first_ones_token() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    try:
+        token = await a.get_token()
+        assert await b.get_token() == token
+        assert (fake.requests, a.request_count, b.request_count) == (1, 1, 0)
+    finally:
+        await close_all([a, b])
+
+
+async def test_a_cold_fleet_makes_one_request_and_everyone_gets_its_token() -> None:
+    fake, store = FakeIAM(lifetime=100, latency=1.0), MemoryStore()
+    managers = fleet(fake, store, 6)
+    got: list[str] = []
+
+    async def call(manager: TokenManager) -> None:
+        got.append(await manager.get_token())
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for manager in managers * 20:
+                tg.start_soon(call, manager)
+        assert fake.requests == 1
+        assert len(set(got)) == 1
+        assert len(got) == 120
+    finally:
+        await close_all(managers)
+
+
+async def test_one_refresh_per_lifetime_across_a_running_fleet() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    managers = fleet(fake, store, 4)
+    async with managers[0], managers[1], managers[2], managers[3]:
+        for manager in managers:
+            await manager.get_token()
+        await anyio.sleep(330)  # refreshes at 75-80 s of each lifetime: four of them
+        tokens = {await manager.get_token() for manager in managers}
+    assert fake.requests == 5
+    assert len(tokens) == 1
+    assert sum(m.request_count for m in managers) == 5
+
+
+async def test_an_unreadable_entry_is_ignored_and_replaced() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    (a,) = fleet(fake, store, 1)
+    entry = a._settings.cache.keys.entry  # type: ignore[union-attr]
+    store.put(entry, b"aioiam1:garbage-that-is-no-token")
+    try:
+        token = await a.get_token()
+        assert fake.requests == 1
+        assert fake.is_valid(token)
+        assert store.get(entry) != b"aioiam1:garbage-that-is-no-token"
+        (b,) = fleet(fake, store, 1)
+        assert await b.get_token() == token  # the replacement is readable
+        await b.aclose()
+    finally:
+        await a.aclose()
+
+
+async def test_a_dead_holders_lock_blocks_the_fleet_no_longer_than_its_expiry() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    (a,) = fleet(fake, store, 1)
+    store.put(a._settings.cache.keys.lock, "a-process-that-died", LOCK_TTL)  # type: ignore[union-attr]
+    try:
+        started = anyio.current_time()
+        await a.get_token()
+        waited = anyio.current_time() - started
+        assert fake.requests == 1
+        assert LOCK_TTL - 0.5 <= waited <= LOCK_TTL + 1.0
+    finally:
+        await a.aclose()
+
+
+async def test_a_released_lock_wakes_the_waiters_and_one_of_them_asks() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    managers = fleet(fake, store, 3)
+    lock = managers[0]._settings.cache.keys.lock  # type: ignore[union-attr]
+    channel = managers[0]._settings.cache.keys.channel  # type: ignore[union-attr]
+    store.put(lock, "another-holder", LOCK_TTL)
+
+    async def holder_gives_up() -> None:
+        await anyio.sleep(1.0)
+        del store.values[lock]
+        store.announce(channel)
+
+    try:
+        started = anyio.current_time()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder_gives_up)
+            for manager in managers:
+                tg.start_soon(manager.get_token)
+        assert fake.requests == 1
+        assert anyio.current_time() - started < 2.0
+    finally:
+        await close_all(managers)
+
+
+async def test_a_refused_token_is_not_adopted_again() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    try:
+        old = await a.get_token()
+        assert await b.get_token() == old
+        assert a.invalidate(old)
+        new = await a.get_token()
+        assert new != old
+        assert fake.requests == 2
+        assert b.invalidate(old)
+        assert await b.get_token() == new  # the fleet's new token: no request
+        assert fake.requests == 2
+    finally:
+        await close_all([a, b])
+
+
+async def test_a_store_that_fails_is_bypassed_logged_once_and_used_again_when_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aioiam")
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    recorder = Recorder()
+    a, b = fleet(fake, store, 2, hooks=[recorder])
+    store.down = True
+    try:
+        for manager in (a, b) * 3:
+            token = await manager.get_token()
+            assert manager.invalidate(token)
+            await anyio.sleep(5)  # each manager drops every 10 s: the cooldown between drops (see invalidate)
+        assert fake.requests == 6  # each asked IAM itself
+        assert all(attempt.ok for attempt in recorder.attempts)
+        assert a._record == NO_FAILURES
+        assert b._record == NO_FAILURES
+        failed = [r for r in caplog.records if "failed" in r.getMessage()]
+        assert len(failed) == 2  # one per manager, not one per flight
+        store.down = False
+        await anyio.sleep(5.0)  # the recheck time
+        fresh = await a.get_token()
+        assert await b.get_token() == fresh
+        assert fake.requests == 7
+        assert len([r for r in caplog.records if "shared again" in r.getMessage()]) == 2  # one per manager
+    finally:
+        await close_all([a, b])
+
+
+async def test_a_slow_store_bounds_the_callers_wait() -> None:
+    fake, store = FakeIAM(lifetime=100, latency=0.1), MemoryStore()
+    store.latency = 30.0  # far past the store's 0.5 s timeout
+    (a,) = fleet(fake, store, 1)
+    try:
+        started = anyio.current_time()
+        await a.get_token()
+        assert anyio.current_time() - started <= 0.5 + 0.1 + 0.05
+        assert fake.requests == 1
+    finally:
+        await a.aclose()
+
+
+async def test_an_iam_failure_releases_the_lock_and_is_the_holders_failure() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    fake.fail_next(1, Fault.error(400))
+    (a,) = fleet(fake, store, 1)
+    lock = a._settings.cache.keys.lock  # type: ignore[union-attr]
+    try:
+        with pytest.raises(Exception, match="API key"):
+            await a.get_token()
+        assert store.get(lock) is None  # released at once, not left to lapse
+        assert a._record.failures == 1
+    finally:
+        await a.aclose()
+
+
+async def test_closing_a_manager_mid_fetch_releases_its_lock() -> None:
+    fake, store = FakeIAM(lifetime=100, latency=3.0), MemoryStore()
+    (a,) = fleet(fake, store, 1)
+    lock = a._settings.cache.keys.lock  # type: ignore[union-attr]
+    async with anyio.create_task_group() as tg:
+
+        async def call() -> None:
+            with pytest.raises(Exception, match="closed"):
+                await a.get_token()
+
+        tg.start_soon(call)
+        await anyio.sleep(1.0)
+        assert store.get(lock) is not None
+        await a.aclose()
+    assert store.get(lock) is None
+
+
+async def test_an_entry_from_a_store_with_another_clock_is_timed_by_the_store_clock() -> None:
+    """The store's clock is what times entries: a host clock far off changes nothing."""
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    try:
+        token = await a.get_token()
+        await anyio.sleep(50)
+        info = await b.get_token_info()
+        assert info.access_token == token
+        assert info.obtained_at == pytest.approx(anyio.current_time() - 50, abs=0.01)
+    finally:
+        await close_all([a, b])
+
+
+async def test_without_a_cache_nothing_changes() -> None:
+    fake = FakeIAM(lifetime=100)
+    a, b = make_manager(fake), make_manager(fake, api_key=KEY)
+    try:
+        await a.get_token()
+        await b.get_token()
+        assert fake.requests == 2
+    finally:
+        await close_all([a, b])
