@@ -43,12 +43,11 @@ from ._decisions import (
     after_failure,
     caller_step,
     check_answer,
-    is_transient,
     may_drop,
 )
 from ._exceptions import ConfigurationError, IAMError, InvalidResponseError, ManagerClosedError
 from ._flight import Flight, fetch
-from ._hooks import FetchAttempt, Hook, call_hooks, logger
+from ._hooks import Hook, logger, report_failure, report_success, warn_of_skew
 from ._redaction import scrub
 from ._settings import make_client, make_settings
 from ._sources import TokenSource
@@ -56,9 +55,6 @@ from ._timing import RefreshPolicy, RetryPolicy, TokenState, next_attempt_at, to
 from ._token import Token
 
 __all__ = ["TokenManager"]
-
-#: Local wall clock and IAM's ``expiration`` further apart than this are reported (once).
-SKEW_WARNING = 60.0
 
 
 class State(enum.Enum):
@@ -560,13 +556,7 @@ class TokenManager(AsyncContextManagerMixin):
         self._publish(token)
         self._record = NO_FAILURES
         self._dropped = None
-        logger.debug(
-            "aioiam: got a token valid for %.0fs in %.3fs; refresh due in %.0fs",
-            token.expires_in,
-            duration,
-            token.refresh_at - self._clock(),
-        )
-        call_hooks(self._settings.hooks, FetchAttempt(True, duration, background, 0, expires_in=token.expires_in))
+        report_success(self._settings.hooks, token, duration=duration, background=background, now=self._clock())
         flight.finish(token, None)
         self._poke()  # the refresher may be asleep with nothing to do: it has a token to time now
 
@@ -576,37 +566,15 @@ class TokenManager(AsyncContextManagerMixin):
             self._record, error, now=now, token=current, policy=self._settings.retry, u=self._settings.rng.random()
         )
         self._record = record
-        delay = record.not_before - now
-        if token_state(current, now) is not TokenState.UNUSABLE:
-            assert current is not None
-            logger.warning(
-                "aioiam: token refresh failed (%s); still serving the current token, usable for %.3gs more; "
-                "next attempt in %.3gs",
-                error,
-                current.stale_at - now,
-                delay,
-            )
-        elif is_transient(error):
-            logger.warning("aioiam: token request failed (%s); next attempt allowed in %.3gs", error, delay)
-        else:
-            logger.warning(
-                "aioiam: token request failed (%s); not retried in the background, callers within "
-                "the next %.3gs get this error without a new request",
-                error,
-                delay,
-            )
-        call_hooks(
+        report_failure(
             self._settings.hooks,
-            FetchAttempt(
-                False,
-                duration,
-                background,
-                record.failures,
-                error_type=type(error).__name__,
-                status_code=error.status_code,
-                error_code=error.error_code,
-                next_attempt_in=delay,
-            ),
+            error,
+            current=current,
+            now=now,
+            failures=record.failures,
+            delay=record.not_before - now,
+            duration=duration,
+            background=background,
         )
         flight.finish(None, error)
 
@@ -616,17 +584,8 @@ class TokenManager(AsyncContextManagerMixin):
         self._fast = token is not None and self._state is State.RUNNING and self._clock() < token.refresh_at
 
     def _check_skew(self, token: Token, wall_sent_at: float) -> None:
-        if self._warned_skew or token.expiration is None:
-            return
-        skew = token.expiration - (wall_sent_at + token.expires_in)
-        if abs(skew) > SKEW_WARNING:
-            self._warned_skew = True
-            logger.warning(
-                "aioiam: the local clock differs from IAM's by about %.0fs. aioiam times tokens on the "
-                "monotonic clock, so it is not affected; tools that compare a token's 'exp' with local "
-                "time are.",
-                -skew,
-            )
+        if not self._warned_skew:
+            self._warned_skew = warn_of_skew(token, wall_sent_at)
 
     def _redact(self, text: str) -> str:
         return scrub(text, self._source.secrets)
