@@ -76,6 +76,7 @@ import builtins
 import inspect
 import ipaddress
 import linecache
+import logging
 import os
 import re
 import shlex
@@ -454,6 +455,22 @@ def offline_aiohttp_session(stand_in: str) -> Callable[..., aiohttp.ClientSessio
         return session(*args, middlewares=(*middlewares, reroute), **kwargs)
 
     return offline_session
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """What an example does to logging (``basicConfig``, the ``aioiam`` logger's level) ends with it."""
+    loggers = [logging.getLogger(), logging.getLogger("aioiam")]
+    saved = [(logger.level, list(logger.handlers), logger.propagate, logger.disabled) for logger in loggers]
+    yield
+    for logger, (level, handlers, propagate, disabled) in zip(loggers, saved, strict=True):
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.disabled = disabled
 
 
 @pytest.fixture
