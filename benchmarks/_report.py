@@ -813,6 +813,7 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
     out += [
         "## Running it",
         "",
+        "<!-- not run: the full run takes minutes, and writes the figures of this page; CI runs the quick mode -->",
         "```sh",
         "python -m pip install -e '.[bench]'   # ibm-cloud-sdk-core and matplotlib",
         f"python -m benchmarks                 # the full run, about {max(1, round(report['seconds'] / 60))} minutes "

@@ -57,7 +57,7 @@ def run(pytester: pytest.Pytester, *args: str, load_by_hand: bool = True) -> pyt
 @pytest.mark.skipif(not DOC.exists(), reason="docs/ is not shipped with this copy of the tests")
 def test_the_documented_example_files_pass_as_written(pytester: pytest.Pytester) -> None:
     examples = doc_examples()
-    assert set(examples) == {"pytest.ini", "test_with_fake_iam.py", "test_in_process.py"}
+    assert {"pytest.ini", "test_with_fake_iam.py", "test_in_process.py"} <= set(examples)
     assert examples["pytest.ini"] == INI
     for name, code in examples.items():
         pytester.path.joinpath(name).write_text(code, encoding="utf-8")

