@@ -616,12 +616,13 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "took 1,210 ms at N = 100,000 against the hand-rolled cache's 778 ms. With the collector off, the two "
             "were within 10%: the difference was garbage collection. Waking every waiter at once, as "
             "`asyncio.Event` (and `anyio.Event` over it) does, schedules 100,000 callbacks in one burst, and that "
-            "burst set off full collections over every waiting task. The waiters of a request are now woken in "
-            "a relay (32 at a time, each woken waiter waking the next; `aioiam/_latch.py`), so they finish and "
-            "free their memory about as fast as they are woken. The hand-rolled cache never bursts either: its "
-            "waiters queue on an `asyncio.Lock` and enter one at a time. That is also why it beats the floors, "
-            "which wake all at once. The rest of aioiam's gap at N = 100,000 is the cost of starting its "
-            "waiters (a coroutine frame more each than the hand-rolled cache), not of waking them.",
+            "burst set off full collections over every waiting task. aioiam then woke its waiters in a relay "
+            "(32 at a time, each woken waiter waking the next), which brought N = 100,000 to 814 ms, but made "
+            "release quadratic for workers that keep working once served (scenario 2): since 2026-12-01 every "
+            "waiter is released in one pass again, its future resolved directly (no latch frame per waiting "
+            "task), and the idle N = 100,000 figure pays the burst once more. The hand-rolled cache never "
+            "bursts: its waiters queue on an `asyncio.Lock` and enter one at a time, which is also why it beats "
+            "the floors, which wake all at once, here and loses to them under load.",
             "",
             "At N = 1,000 the target (50 + 5 ms) is below what one request costs here: the raw request over a "
             "new loopback connection alone takes the IAM latency plus about 5 ms. aioiam adds about 2 ms to that "
@@ -661,7 +662,7 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "wakes its waiters a few at a time looks as fast as one that wakes them all. Under load it is not: "
             "each pass of the event loop also runs every worker already served, so a contender that releases k "
             "waiters per pass needs N/k passes, each costing the work of everyone served so far: about "
-            "N² / 2k times the work. aioiam's relay latch (`aioiam/_latch.py`) woke 32 waiters per pass; "
+            "N² / 2k times the work. aioiam's relay latch (until 2026-12-01) woke 32 waiters per pass; "
             "asyncio's `Lock` lets one waiter in per pass, but workers it has served queue behind the rest on "
             "their next call and do no work meanwhile, so the hand-rolled cache stays near the floor.",
             "",
