@@ -186,7 +186,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             worst = max(r["per_lifetime"] for r in cached)
             found.append(
                 {
-                    "scenario": "7. A fleet of processes",
+                    "scenario": "8. A fleet of processes",
                     "target": "1 IAM request per token lifetime with the cache, at every fleet size",
                     "aioiam": f"at most {worst:.2f}x one process's requests "
                     f"(up to {max(r['processes'] for r in cached)} processes)",
@@ -196,7 +196,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             slowest = max(cached, key=lambda r: r["cold_vs_single"] or 0.0)
             found.append(
                 {
-                    "scenario": "7. A fleet of processes",
+                    "scenario": "8. A fleet of processes",
                     "target": "the fleet's cold start ≤ 1.5x one process's",
                     "aioiam": f"at most {slowest['cold_vs_single']:.2f}x ({_ms(slowest['cold_start_ms'])}, "
                     f"{slowest['processes']} processes)",
@@ -790,7 +790,7 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
     if "fleet" in s:
         fleet = s["fleet"]
         out += [
-            "## 7. A fleet of processes",
+            "## 8. A fleet of processes",
             "",
             "Processes that each run their own manager for one credential, started together, with "
             f"{fleet['callers']} coroutines each calling `get_token()` every {fleet['pause_s']:g} s for "
