@@ -19,7 +19,7 @@ import aioiam
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    cache = aioiam.RedisTokenCache(args.redis, namespace=args.namespace, recheck=0.2, timeout=0.5)
+    cache = aioiam.RedisTokenCache(args.redis, namespace=args.namespace, recheck=0.2, timeout=args.redis_timeout)
     retry = aioiam.RetryPolicy(request_timeout=args.request_timeout, timeout=30.0, initial_delay=0.05)
     manager = aioiam.TokenManager("test-api-key", url=args.iam, cache=cache, retry=retry)
     seen: set[str] = set()
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--coroutines", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--request-timeout", type=float, default=5.0)
+    parser.add_argument("--redis-timeout", type=float, default=0.5)
     args = parser.parse_args()
     result = anyio.run(run, args, backend=args.backend)
     print(json.dumps(result), flush=True)

@@ -65,7 +65,11 @@ def iam() -> Iterator[tuple[FakeIAM, str]]:
 
 
 def manager(iam_url: str, redis_url: str, namespace: str, **kwargs: Any) -> TokenManager:
-    cache = aioiam.RedisTokenCache(redis_url, namespace=namespace, **kwargs.pop("cache_options", {}))
+    # A generous timeout: these tests count IAM requests, and a Redis call slower than the default
+    # 0.5 s on a loaded machine would (by design) send the process to IAM on its own. Tests of a
+    # slow Redis pass their own.
+    options = {"timeout": 5.0, **kwargs.pop("cache_options", {})}
+    cache = aioiam.RedisTokenCache(redis_url, namespace=namespace, **options)
     kwargs.setdefault("retry", RetryPolicy(request_timeout=3.0, timeout=20.0, initial_delay=0.05))
     return TokenManager(KEY, url=iam_url, cache=cache, **kwargs)
 
@@ -157,7 +161,8 @@ async def test_redis_killed_then_restarted(
     caplog.set_level(logging.WARNING, logger="aioiam")
     fake, url = iam
     skipped = [0.0]  # moved on by hand past the cooldown between two drops of one manager (see invalidate)
-    options = {"cache_options": {"recheck": 0.2, "timeout": 0.3}, "clock": lambda: time.monotonic() + skipped[0]}
+    # A stopped Redis refuses connections at once: the generous timeout costs nothing here.
+    options = {"cache_options": {"recheck": 0.2}, "clock": lambda: time.monotonic() + skipped[0]}
     a, b = manager(url, own_redis.url, "kill", **options), manager(url, own_redis.url, "kill", **options)
     try:
         first = await a.get_token()
@@ -272,7 +277,12 @@ def test_a_fleet_of_processes_asks_iam_once_per_lifetime(redis_server: RedisServ
     lifetime = 2.0
     fake = FakeIAM(api_keys=None, lifetime=lifetime, latency=0.05)
     with fake.serve_in_thread() as address:
-        workers = start_workers(8, address.url, redis_server.url, backend=backend, namespace=f"procs-{backend}")
+        # Redis calls may take seconds on a loaded two-core machine (nine processes, coverage): a
+        # timeout that short would send a process to IAM on its own, by design. That fallback has
+        # tests of its own; here every process must stay in the shared mode.
+        workers = start_workers(
+            8, address.url, redis_server.url, backend=backend, namespace=f"procs-{backend}", redis_timeout=10.0
+        )
         go(workers)
         found = results(workers)
     assert all(r["failures"] == 0 for r in found)
