@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -19,6 +20,10 @@ import anyio
 import sniffio
 
 __all__ = ["AsyncioLatch", "Backend", "Latch", "detect"]
+
+#: Above this many waiters, :meth:`AsyncioLatch.set` pauses automatic garbage collection while it
+#: resolves their futures.
+_PAUSE_GC_ABOVE = 1_000
 
 
 class Latch(Protocol):
@@ -60,9 +65,22 @@ class AsyncioLatch:
             return
         self._set = True
         waiters, self._waiters = self._waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        # Each resolved future makes asyncio allocate one Handle. A crowd's worth of them at once
+        # survives enough young collections to set off full ones, and a full collection walks
+        # every object of every task still waiting: at a hundred thousand waiters that was the
+        # largest single cost of the release (see ``docs/design.md``). So for a crowd, automatic
+        # collection waits until this loop, which runs no other code of this thread, is over; it is
+        # turned back on only if it was on. Small releases leave the collector alone.
+        pause = len(waiters) > _PAUSE_GC_ABOVE and gc.isenabled()
+        if pause:
+            gc.disable()
+        try:
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            if pause:
+                gc.enable()
 
     def wait(self) -> Awaitable[object]:
         if self._set:

@@ -44,6 +44,7 @@ __all__ = [
     "classify",
     "describe",
     "is_transient",
+    "joins_at_once",
     "may_drop",
     "unavailable",
 ]
@@ -300,6 +301,18 @@ def caller_step(
     if now >= deadline:
         return Raise(unavailable(error, waited=timeout))
     return _WAIT
+
+
+def joins_at_once(token: Token | None, record: FailureRecord) -> bool:
+    """Whether a caller who finds a flight in progress may wait for it without a :func:`caller_step`.
+
+    The cold crowd's shortcut: with no token at all and nothing failed, :func:`caller_step` says
+    :class:`Wait` to every caller whose deadline lies ahead (and a caller's deadline always lies
+    ahead when it arrives). Saying so without building a step matters when a hundred thousand
+    callers arrive before the first token. It does not say whether the flight ends before the
+    caller's deadline: the manager checks that (``Flight.joinable``).
+    """
+    return token is None and record is NO_FAILURES
 
 
 def may_drop(token: Token | None, access_token: str, now: float, last_drop: float) -> bool:

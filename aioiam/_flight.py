@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 import httpx
 
-from ._backend import Latch
+from ._backend import Backend
 from ._decisions import classify
 from ._exceptions import IAMError, TransientIAMError
 from ._redaction import Redactor
@@ -32,11 +32,16 @@ class Flight:
     the manager stayed open; its waiters decide again and one of them starts a new flight).
     """
 
-    __slots__ = ("done", "ends_by", "error", "token")
+    __slots__ = ("backend", "done", "ends_by", "error", "joinable", "token")
 
-    def __init__(self, done: Latch, ends_by: float) -> None:
-        self.done = done
+    def __init__(self, backend: Backend, ends_by: float, *, joinable: bool) -> None:
+        #: The event loop it runs on: only its callers may wait for it.
+        self.backend = backend
+        self.done = backend.new_latch()
         self.ends_by = ends_by
+        #: Whether it ends before the deadline of any caller who arrives while it runs (its budget
+        #: is at most a caller's whole wait), so such a caller may wait for it with no timeout.
+        self.joinable = joinable
         self.token: Token | None = None
         self.error: IAMError | None = None
 

@@ -43,6 +43,7 @@ from ._decisions import (
     after_failure,
     caller_step,
     check_answer,
+    joins_at_once,
     may_drop,
 )
 from ._exceptions import ConfigurationError, IAMError, InvalidResponseError, ManagerClosedError
@@ -256,8 +257,22 @@ class TokenManager(AsyncContextManagerMixin):
         if self._fast:
             return self._token.access_token  # type: ignore[union-attr]  # _fast implies a token
         token = self._token
-        if token is not None and self._clock() < token.refresh_at:
-            return token.access_token
+        if token is not None:
+            if self._clock() < token.refresh_at:
+                return token.access_token
+        elif (
+            (flight := self._flight) is not None
+            and flight.joinable
+            and joins_at_once(token, self._record)
+            and flight.backend.same_loop()
+        ):
+            # The cold crowd, before the first token: wait for the flight without a decision step.
+            start = self._clock()
+            await flight.done.wait()
+            token = flight.token
+            if token is not None and token is self._token and self._clock() < token.refresh_at:
+                return token.access_token
+            return (await self._get_slow(start, flight.error)).access_token
         return (await self._get_slow()).access_token
 
     async def get_token_info(self) -> Token:
@@ -347,13 +362,16 @@ class TokenManager(AsyncContextManagerMixin):
 
     # ------------------------------------------------------------------ callers
 
-    async def _get_slow(self) -> Token:
-        """Carry out :func:`~aioiam._decisions.caller_step` until it says take or raise."""
+    async def _get_slow(self, start: float | None = None, waited: IAMError | None = None) -> Token:
+        """Carry out :func:`~aioiam._decisions.caller_step` until it says take or raise.
+
+        ``start`` is when the caller called, if it has waited already (for ``waited``'s flight);
+        its deadline counts from then.
+        """
         self._bind()
         timeout = self._settings.retry.timeout
         now = self._clock()
-        deadline = now + timeout
-        waited: IAMError | None = None
+        deadline = (now if start is None else start) + timeout
         while True:
             if self._state is State.CLOSED:
                 raise ManagerClosedError("this TokenManager is closed")
@@ -437,7 +455,7 @@ class TokenManager(AsyncContextManagerMixin):
         budget = settings.retry.request_timeout
         if settings.cache is not None:
             budget = settings.cache.budget(budget)
-        flight = Flight(self._backend.new_latch(), self._clock() + budget)
+        flight = Flight(self._backend, self._clock() + budget, joinable=budget <= settings.retry.timeout)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")

@@ -77,11 +77,11 @@ class Sizes:
 FULL = Sizes(
     cold_sizes=[1, 100, 1_000, 10_000, 100_000],
     cold_repeats=5,
-    cold_big_repeats=3,
+    cold_big_repeats=5,
     cold_ibm_max_n=100_000,
     cold_latency=0.05,
     load_sizes=[1_000, 5_000, 10_000, 30_000],
-    load_repeats=3,
+    load_repeats=5,
     load_work=50e-6,
     load_tail=0.1,
     load_max_seconds=30.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import anyio
 import anyio.lowlevel
@@ -148,3 +149,48 @@ def test_asyncio_latch_wakes_everyone_not_cancelled_whoever_is_cancelled_when(
         assert not set(woken) & cancel_before
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["collector-on", "collector-off"])
+def test_releasing_a_crowd_collects_no_garbage_meanwhile_and_leaves_the_collector_as_it_was(enabled: bool) -> None:
+    """A crowd's release makes one asyncio Handle per waiter at once; no collection runs while
+    they are made (their promotions would set off full collections over every waiting task), and
+    afterwards the collector is on exactly if it was on before. A small release leaves it alone."""
+    collections: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for n, paused in ((5_000, True), (10, False)):
+            latch = AsyncioLatch(loop)
+            waiters = [loop.create_task(_wait(latch)) for _ in range(n)]
+            await asyncio.sleep(0)
+            gc.set_threshold(1)  # with the collector on, every allocation would start a collection
+            gc.callbacks.append(count)
+            try:
+                latch.set()
+            finally:
+                gc.callbacks.remove(count)
+                gc.set_threshold(*thresholds)
+            assert gc.isenabled() is enabled
+            if paused or not enabled:
+                assert collections == []
+            else:
+                assert collections  # a small release runs with the collector, which collected
+            collections.clear()
+            await asyncio.gather(*waiters)
+
+    thresholds = gc.get_threshold()
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        asyncio.run(main())
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+async def _wait(latch: AsyncioLatch) -> None:
+    await latch.wait()

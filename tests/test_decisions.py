@@ -32,6 +32,7 @@ from aioiam._decisions import (
     check_answer,
     classify,
     describe,
+    joins_at_once,
 )
 from aioiam._timing import schedule
 
@@ -147,6 +148,27 @@ def test_no_caller_is_ever_handed_an_unusable_token(
     elif isinstance(result, Wait):
         assert now < deadline
         assert record.error is None or now >= record.not_before
+
+
+@given(
+    now=st.floats(min_value=-10, max_value=200),
+    timeout=st.floats(min_value=1e-3, max_value=30),
+    refresher=st.booleans(),
+    has_token=st.booleans(),
+    kind=st.sampled_from([None, REFUSED, DOWN]),
+)
+def test_joining_at_once_is_what_caller_step_says_to_a_caller_who_just_arrived(
+    now: float, timeout: float, refresher: bool, has_token: bool, kind: object
+) -> None:
+    """The cold crowd's shortcut never disagrees with the full rule: whenever it applies, a caller
+    who just arrived (its deadline ``timeout`` ahead) would be told to wait for the flight."""
+    token = TOKEN if has_token else None
+    record = NO_FAILURES if kind is None else FailureRecord(1, 1, kind, now + 1)  # type: ignore[arg-type]
+    if joins_at_once(token, record):
+        said = step(token=None, record=record, now=now, deadline=now + timeout, refresher=refresher, busy=True)
+        assert said == Wait()
+    else:
+        assert token is not None or record is not NO_FAILURES
 
 
 # ------------------------------------------------------------------ after_failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import anyio
@@ -9,9 +10,9 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from aioiam import ManagerClosedError, TokenManager
+from aioiam import IAMUnavailableError, ManagerClosedError, RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM
-from tests.helpers import KEY, make_manager
+from tests.helpers import KEY, FixedRandom, make_manager
 
 pytestmark = pytest.mark.anyio
 
@@ -326,4 +327,59 @@ async def test_on_demand_token_info_is_served_from_cache() -> None:
     first = await tm.get_token_info()
     assert await tm.get_token_info() is first
     assert fake.requests == 1
+    await tm.aclose()
+
+
+@pytest.mark.parametrize("managed", [True, False], ids=["async-with", "on-demand"])
+async def test_a_caller_who_joined_a_failing_flight_keeps_the_deadline_of_its_own_call(managed: bool) -> None:
+    """The cold crowd waits for the flight without a decision step, and its deadline still counts
+    from its own call: IAM answers 503 after 1 s each time, retried 0.1 s later, so a caller
+    arriving at 0.5 s with a 3 s timeout gives up at 3.5 s (the third request would end after it)."""
+    fake = FakeIAM(latency=1.0)
+    fake.fail_next(10, status=503)
+    tm = make_manager(
+        fake,
+        retry=RetryPolicy(timeout=3.0, request_timeout=2.0, initial_delay=0.1, multiplier=1.0),
+        rng=FixedRandom(1.0),
+    )
+    gave_up: dict[str, float] = {}
+
+    async def caller(name: str, arrive: float) -> None:
+        await anyio.sleep(arrive)
+        with pytest.raises(IAMUnavailableError, match=r"within 3s; last failure: .*503"):
+            await tm.get_token()
+        gave_up[name] = anyio.current_time() - start
+
+    start = anyio.current_time()
+    async with contextlib.AsyncExitStack() as stack:
+        if managed:
+            await stack.enter_async_context(tm)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "starter", 0.0)
+            tg.start_soon(caller, "joiner", 0.5)
+        await tm.aclose()
+    assert gave_up == {"starter": pytest.approx(3.0), "joiner": pytest.approx(3.5)}
+    # 0 to 1, 1.1 to 2.1, 2.2 to 3.2 and 3.3 (cut at 4.2 by the close, or never sent after it).
+    assert 3 <= fake.requests <= 4
+
+
+async def test_callers_whose_timeout_is_shorter_than_a_request_each_give_up_at_their_own_deadline() -> None:
+    """A flight that may outlast a caller's deadline is not joined without a timeout."""
+    fake = FakeIAM(latency=1.0)
+    tm = make_manager(fake, retry=RetryPolicy(timeout=0.5))
+    gave_up: list[float] = []
+    start = anyio.current_time()
+
+    async def caller(arrive: float) -> None:
+        await anyio.sleep(arrive)
+        with pytest.raises(IAMUnavailableError, match=r"within 0\.5s"):
+            await tm.get_token()
+        gave_up.append(anyio.current_time() - start)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(caller, 0.0)
+        tg.start_soon(caller, 0.2)
+    assert gave_up == [pytest.approx(0.5), pytest.approx(0.7)]
+    assert fake.requests == 1
+    assert await tm.get_token() == fake.issued[0]  # the request was not cut: its token is kept
     await tm.aclose()
