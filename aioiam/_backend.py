@@ -97,7 +97,7 @@ class Backend:
     :meth:`same_loop`, which may be called from anywhere that runs an event loop.
     """
 
-    __slots__ = ("_tasks", "loop", "name")
+    __slots__ = ("_detached", "_tasks", "loop", "name")
 
     def __init__(self, name: str, loop: object) -> None:
         #: ``"asyncio"`` or ``"trio"``.
@@ -106,6 +106,8 @@ class Backend:
         self.loop = loop
         # asyncio keeps only weak references to tasks; these are the strong ones.
         self._tasks: set[asyncio.Task[None]] = set()
+        # Each task started by start_detached(): its cancel scope, and an event set when it ends.
+        self._detached: dict[anyio.CancelScope, anyio.Event] = {}
 
     def __repr__(self) -> str:
         return f"<Backend {self.name}>"
@@ -144,6 +146,35 @@ class Backend:
             import trio
 
             trio.lowlevel.spawn_system_task(_call, function, name=name, context=contextvars.copy_context())
+
+    def start_detached(self, function: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """:meth:`spawn` ``function()`` under a cancel scope that :meth:`cancel_detached` cancels.
+
+        For work that must outlive whoever started it but not the owner who closes it (a
+        manager's on-demand token request). Does not wait for anything.
+        """
+        scope = anyio.CancelScope()
+        ended = self._detached[scope] = anyio.Event()
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await function()
+            finally:
+                del self._detached[scope]
+                ended.set()
+
+        self.spawn(run, name=name)
+
+    def cancel_detached(self) -> None:
+        """Cancel every task started by :meth:`start_detached` that is still running. Does not wait."""
+        for scope in self._detached:
+            scope.cancel()
+
+    async def detached_ended(self) -> None:
+        """Return once every task started by :meth:`start_detached` so far has ended."""
+        for ended in list(self._detached.values()):
+            await ended.wait()
 
 
 async def _call(function: Callable[[], Awaitable[None]]) -> None:

@@ -33,7 +33,7 @@ import httpx
 from anyio import AsyncContextManagerMixin
 
 from ._backend import Backend, detect
-from ._cache import Shared, TokenCache
+from ._cache import TokenCache
 from ._config import api_key_from_environment, find_service, manager_arguments, service_prefix
 from ._decisions import (
     NO_FAILURES,
@@ -42,12 +42,11 @@ from ._decisions import (
     Take,
     after_failure,
     caller_step,
-    check_answer,
     joins_at_once,
     may_drop,
 )
 from ._exceptions import ConfigurationError, IAMError, InvalidResponseError, ManagerClosedError
-from ._flight import Flight, fetch
+from ._flight import Flight, attempt
 from ._hooks import Hook, logger, report_failure, report_success, warn_of_skew
 from ._redaction import scrub
 from ._settings import make_client, make_settings
@@ -167,8 +166,6 @@ class TokenManager(AsyncContextManagerMixin):
         self._flight: Flight | None = None
         self._backend: Backend | None = None
         self._tg: anyio.abc.TaskGroup | None = None  # the flights' task group, while RUNNING
-        # On demand: the cancel scope of each flight's own task, and an event set when it ends.
-        self._detached: dict[anyio.CancelScope, anyio.Event] = {}
         self._wakeup: anyio.Event | None = None
         self._warned_skew = False
         self._last_drop = -math.inf  # when invalidate() last dropped a token
@@ -326,8 +323,8 @@ class TokenManager(AsyncContextManagerMixin):
         in_block = self._state is not State.OPEN
         self._close_now()
         if on_this_loop:
-            for ended in list(self._detached.values()):
-                await ended.wait()  # cancelled just now: each ends at its next checkpoint
+            assert backend is not None
+            await backend.detached_ended()  # cancelled just now: each ends at its next checkpoint
         if not in_block and self._settings.http_client is None:
             await self._client.aclose()
 
@@ -432,7 +429,6 @@ class TokenManager(AsyncContextManagerMixin):
             logger.debug("aioiam: token manager now used from another event loop; loop-bound state reset")
             self._wakeup = None
             self._flight = None
-            self._detached = {}
             if self._settings.http_client is None:
                 # The old client holds no connection (no keep-alive) and cannot be closed from
                 # this loop; dropping it leaks nothing.
@@ -460,19 +456,8 @@ class TokenManager(AsyncContextManagerMixin):
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
         else:
-            scope = anyio.CancelScope()
-            self._detached[scope] = anyio.Event()
-            self._backend.spawn(partial(self._run_detached, flight, scope), name="aioiam token request")
+            self._backend.start_detached(partial(self._run_flight, flight), name="aioiam token request")
         return flight
-
-    async def _run_detached(self, flight: Flight, scope: anyio.CancelScope) -> None:
-        try:
-            with scope:
-                await self._run_flight(flight)
-        finally:
-            ended = self._detached.pop(scope, None)
-            if ended is not None:
-                ended.set()
 
     async def _run_flight(self, flight: Flight) -> None:
         """Run one flight to its end: fetch, record the outcome, and release every waiter.
@@ -505,55 +490,27 @@ class TokenManager(AsyncContextManagerMixin):
             flight.finish(None, None)  # a no-op unless nothing above ended it
 
     async def _attempt(self, flight: Flight) -> None:
-        settings = self._settings
         background = token_state(self._token, self._clock()) is not TokenState.UNUSABLE
-        sent: list[float] = []  # when this process's own request was sent: our clock, the wall clock
-
-        async def ask(budget: float) -> tuple[object, IAMError | None]:
-            sent[:] = [self._clock(), settings.wall_clock()]
-            self._requests += 1
-            return await fetch(
-                self._source,
-                self._client,
-                budget,
-                redact=self._redact,
-                timeout_text=f"IAM did not answer within {settings.retry.request_timeout:g}s",
-            )
-
-        if settings.cache is None:
-            # Budgeted from when the flight was made, so ``ends_by`` holds even if this task
-            # started late on a busy loop.
-            answer, error = await ask(max(0.0, flight.ends_by - self._clock()))
-            started_at = sent[0]
-            u = None
-        else:
-            u = settings.rng.random()  # drawn first: the cache's decision and the schedule share it
-            current = self._token
-            shared: Shared = await settings.cache.fetch(
-                ask,
-                clock=self._clock,
-                policy=settings.refresh,
-                request_timeout=min(settings.retry.request_timeout, max(0.0, flight.ends_by - self._clock())),
-                u=u,
-                avoid=current.access_token if current is not None else self._dropped,
-            )
-            answer, error, started_at = shared.answer, shared.error, shared.started_at
-        now = self._clock()
+        current = self._token
+        got = await attempt(
+            self._settings,
+            self._client,
+            ends_by=flight.ends_by,
+            avoid=current.access_token if current is not None else self._dropped,
+            count=self._count_request,
+            redact=self._redact,
+        )
         if self._state is State.CLOSED:
             flight.finish(None, ManagerClosedError("the TokenManager was closed while fetching"))
-            return
-        outcome = (
-            error
-            if error is not None
-            else check_answer(answer, started_at, now, settings.refresh, settings.rng.random() if u is None else u)
-        )
-        if not sent:  # adopted from the fleet: no request, no hooks, no failure to record
-            self._adopt(flight, outcome)
-            return
-        if isinstance(outcome, Token):
-            self._succeed(flight, outcome, sent[1], now - sent[0], background)
+        elif not got.asked:  # adopted from the fleet: no request, no hooks, no failure to record
+            self._adopt(flight, got.outcome)
+        elif isinstance(got.outcome, Token):
+            self._succeed(flight, got.outcome, got.wall_sent_at, got.duration, background)
         else:
-            self._fail(flight, outcome, now, now - sent[0], background)
+            self._fail(flight, got.outcome, got.now, got.duration, background)
+
+    def _count_request(self) -> None:
+        self._requests += 1
 
     def _adopt(self, flight: Flight, outcome: Token | IAMError) -> None:
         if not isinstance(outcome, Token):
@@ -663,6 +620,6 @@ class TokenManager(AsyncContextManagerMixin):
             flight.finish(None, ManagerClosedError("the TokenManager was closed while waiting for a token"))
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-        for scope in self._detached:
-            scope.cancel()
+        if self._backend is not None:
+            self._backend.cancel_detached()
         self._poke()
