@@ -134,6 +134,10 @@ def test_summary_aligns_its_columns_and_counts_in_words() -> None:
         "1 caller error."
     )
     assert report.exit_status == 1
+    crowd = summary(DemoReport(workers=2_000, first_answer_at=0.05, all_served_at=0.3, workers_waiting=2_000))
+    first = next(i for i, line in enumerate(crowd) if line.startswith("first token"))
+    assert crowd[first].endswith("   250 ms   from IAM's answer until all 2,000 workers had it")
+    assert crowd[first + 1].strip() == "(each worker served starts its call before the next one runs)"
     assert summary(DemoReport(workers=2, tokens_issued=2, failed_attempts=3))[1].endswith(
         "   2 tokens, 3 failed attempts during the outage"
     )
