@@ -362,24 +362,3 @@ async def test_a_caller_who_joined_a_failing_flight_keeps_the_deadline_of_its_ow
     # 0 to 1, 1.1 to 2.1, 2.2 to 3.2 and 3.3 (cut at 4.2 by the close, or never sent after it).
     assert 3 <= fake.requests <= 4
 
-
-async def test_callers_whose_timeout_is_shorter_than_a_request_each_give_up_at_their_own_deadline() -> None:
-    """A flight that may outlast a caller's deadline is not joined without a timeout."""
-    fake = FakeIAM(latency=1.0)
-    tm = make_manager(fake, retry=RetryPolicy(timeout=0.5))
-    gave_up: list[float] = []
-    start = anyio.current_time()
-
-    async def caller(arrive: float) -> None:
-        await anyio.sleep(arrive)
-        with pytest.raises(IAMUnavailableError, match=r"within 0\.5s"):
-            await tm.get_token()
-        gave_up.append(anyio.current_time() - start)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(caller, 0.0)
-        tg.start_soon(caller, 0.2)
-    assert gave_up == [pytest.approx(0.5), pytest.approx(0.7)]
-    assert fake.requests == 1
-    assert await tm.get_token() == fake.issued[0]  # the request was not cut: its token is kept
-    await tm.aclose()
