@@ -176,8 +176,13 @@ def test_releasing_a_crowd_collects_no_garbage_meanwhile_and_leaves_the_collecto
                 gc.callbacks.remove(count)
                 gc.set_threshold(*thresholds)
             assert gc.isenabled() is enabled
-            if paused or not enabled:
+            if not enabled:
                 assert collections == []
+            elif paused:
+                # At threshold 1 every Handle would start a collection (thousands); paused, none
+                # runs inside the loop (a tracer such as coverage's may allocate, and so collect,
+                # on the way in or out of set()).
+                assert len(collections) <= 2
             else:
                 assert collections  # a small release runs with the collector, which collected
             collections.clear()
