@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -72,17 +74,18 @@ def _tests_using(request: pytest.FixtureRequest, fixture: str) -> int:
 
 @pytest.fixture(scope="module")
 def clusters(request: pytest.FixtureRequest) -> Iterator[Clusters]:
-    wanted = [RedisCluster() for _ in range(min(1, _tests_using(request, "cluster")))]
-    spares = [RedisCluster() for _ in range(_tests_using(request, "own_cluster"))]
-    try:
-        for each in (*wanted, *spares):
+    with ExitStack() as stack:
+        started: list[RedisCluster] = []
+        for _ in range(min(1, _tests_using(request, "cluster")) + _tests_using(request, "own_cluster")):
+            # One after the other: a cluster picks its ports when made, and holds them once launched.
+            each = RedisCluster()
+            stack.callback(each.__exit__)
             each.launch()  # raises (fails the tests) if a node cannot start
-        for each in (*wanted, *spares):
+            started.append(each)
+        for each in started:
             each.wait_ready()
-        yield Clusters(wanted[0] if wanted else None, spares)
-    finally:
-        for each in (*wanted, *spares):
-            each.__exit__()
+        shared = started.pop(0) if _tests_using(request, "cluster") else None
+        yield Clusters(shared, started)
 
 
 @pytest.fixture
@@ -100,12 +103,11 @@ def cluster(clusters: Clusters) -> RedisCluster:
 @pytest.fixture
 def own_cluster(clusters: Clusters) -> Iterator[RedisCluster]:
     """A cluster of this test's own, to kill a node of."""
-    if clusters.spares:
-        mine = clusters.spares.pop()
-    else:  # more users than counted (should not happen): start one, paying its 2 s alone
-        mine = RedisCluster()
-        mine.launch()
+    spare = clusters.spares.pop() if clusters.spares else None
+    mine = spare or RedisCluster()
     try:
+        if spare is None:  # more users than counted (should not happen): one paying its 2 s alone
+            mine.launch()
         mine.wait_ready()
         yield mine
     finally:
@@ -349,3 +351,14 @@ async def test_the_node_holding_the_slot_killed(
             assert set().union(*await crowd(fleet, 20)) == tokens
             assert fake.requests == 1 + len(fleet)
             assert len(warnings_of(caplog)) == len(fleet)
+
+
+def test_a_cluster_that_cannot_start_fails_loudly() -> None:
+    """Never a skip: a node that does not start is a RuntimeError, and nothing is left running."""
+    false = shutil.which("false")
+    assert false is not None
+    broken = RedisCluster(binary=false)
+    with pytest.raises(RuntimeError, match="exited at start"), broken:
+        pytest.fail("the cluster started")
+    assert not any(node.running for node in broken.nodes)
+    assert not any(Path(node._dir).exists() for node in broken.nodes)

@@ -261,8 +261,6 @@ class RedisCluster:
     """
 
     def __init__(self, primaries: int = 3, *, binary: str | None = None, node_timeout: float = 15.0) -> None:
-        if primaries < 1:
-            raise ValueError("a cluster needs at least one primary")
         # fmt: off
         options = [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -359,7 +357,11 @@ class RedisCluster:
             node.__exit__()
 
     def __enter__(self) -> RedisCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self._remove()  # __exit__ will not run: remove the nodes' directories here
+            raise
         return self
 
     def __exit__(self, *exc: object | TracebackType) -> None:
