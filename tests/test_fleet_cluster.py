@@ -3,9 +3,10 @@
 cluster, each credential's keys on one slot of one node and credentials spread over the nodes,
 nothing secret on any node, and the node holding a credential's slot killed.
 
-Only the public API and what Redis holds are looked at, so the tests hold whatever the protocol
-between aioiam and Redis is, as long as it is the one ``docs/fleet.md`` describes: keys named
-``<namespace>:...`` under one hash tag per credential.
+Only the public API and what the nodes hold are looked at (no key name is derived here, no script
+is called), so the tests hold however the protocol between aioiam and Redis changes, as long as
+what ``docs/fleet.md`` promises still holds: every key named ``<namespace>:...``, a credential's
+keys (a lock apart from the entry) under one hash tag.
 """
 
 from __future__ import annotations
