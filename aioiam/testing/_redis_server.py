@@ -3,20 +3,30 @@
 Starts the ``redis-server`` binary on a free port with nothing persisted, waits until it answers
 ``PING``, and kills it at the end. Fails loudly (``RuntimeError``) when it cannot start one:
 tests that need Redis must never pass by skipping.
+
+:class:`RedisCluster` does the same for a Redis Cluster of primaries on loopback, set up with
+plain commands over a socket (no ``redis-cli``): slots assigned, nodes met, and waited for until
+every node says the cluster is ``ok`` and every node sees the same slot map.
 """
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO, TypeAlias
 
-__all__ = ["RedisServer"]
+__all__ = ["RedisCluster", "RedisServer"]
+
+#: An answer, as :func:`_read_reply` parses it (RESP2).
+Reply: TypeAlias = "bytes | int | list[Reply] | None"
 
 
 def _free_port() -> int:
@@ -33,6 +43,65 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
             return conn.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (the port plus 10000, as Redis 6 and 7 both default to)
+    is free too, neither of them in ``taken`` (ports chosen for nodes not started yet), and both
+    added to it. Both are below Linux's ephemeral range (32768 up), where the kernel picks the
+    ports of outgoing connections and of :func:`_free_port`."""
+    for _ in range(200):
+        port = random.randrange(10_000, 22_000)
+        pair = {port, port + 10_000}
+        if not pair & taken and _bindable(port) and _bindable(port + 10_000):
+            taken |= pair
+            return port
+    raise RuntimeError("found no free pair of loopback ports (port, port + 10000) for a Redis Cluster node")
+
+
+def _encode(args: Sequence[str | int | float | bytes]) -> bytes:
+    parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+class RedisReplyError(RuntimeError):
+    """Redis answered a command with an error (``-ERR ...``)."""
+
+
+def _read_reply(stream: BinaryIO) -> Reply:
+    """One whole RESP2 reply from a binary file over the socket: bytes (simple and bulk strings),
+    int, ``None`` (null), a list of replies; an error reply raises :class:`RedisReplyError`."""
+    line = stream.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("Redis closed the connection mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisReplyError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = stream.read(size + 2)
+        if len(data) != size + 2:
+            raise ConnectionError("Redis closed the connection mid-reply")
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_read_reply(stream) for _ in range(count)]
+    raise ConnectionError(f"Redis answered something that is not RESP2: {line[:40]!r}")
 
 
 def find_redis_server() -> str | None:
@@ -54,10 +123,12 @@ def find_redis_server() -> str | None:
 
 class RedisServer:
     """``with RedisServer() as redis: ... redis.url ...``; :meth:`stop` and :meth:`start` again
-    (same port) to take it down and bring it back; :meth:`command` for ``redis-cli``-like calls.
+    (same port) to take it down and bring it back; :meth:`command` for ``redis-cli``-like calls
+    (the raw first line), :meth:`call` for the whole answer, parsed. ``options`` are added to the
+    command line (``--cluster-enabled yes``, ...); ``port`` is a free one unless given.
     """
 
-    def __init__(self, *, binary: str | None = None) -> None:
+    def __init__(self, *, binary: str | None = None, port: int | None = None, options: Sequence[str] = ()) -> None:
         found = binary or find_redis_server()
         if found is None or not shutil.which(found):
             raise RuntimeError(
@@ -65,7 +136,8 @@ class RedisServer:
                 "the test extra installs on Linux); the fleet tests need a real one"
             )
         self.binary = found
-        self.port = _free_port()
+        self.port = port if port is not None else _free_port()
+        self.options = tuple(options)
         self._dir = tempfile.mkdtemp(prefix="aioiam-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -79,15 +151,25 @@ class RedisServer:
 
     def start(self, *, wait: float = 20.0) -> None:
         """Start it (again, on the same port) and wait until it answers ``PING``."""
+        self.launch()
+        self.wait_started(wait=wait)
+
+    def launch(self) -> None:
+        """Start the process (again, on the same port) without waiting for it: see :meth:`wait_started`."""
         if self.running:
             return
         # fmt: off
         command = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", self._dir, "--protected-mode", "yes", "--loglevel", "warning",
+            "--dir", self._dir, "--protected-mode", "yes", "--loglevel", "warning", *self.options,
         ]
         # fmt: on
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+
+    def wait_started(self, *, wait: float = 20.0) -> None:
+        """Wait until the process :meth:`launch` started answers ``PING``; kill it if it never does."""
+        if self._process is None:
+            raise RuntimeError("redis-server was not launched")
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -111,10 +193,8 @@ class RedisServer:
 
     def command(self, *args: str | int | float) -> bytes:
         """Send one command and return the raw first line of the answer (``+OK``, ``:1``, ...)."""
-        parts = [str(a).encode() for a in args]
-        request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
-            conn.sendall(request)
+            conn.sendall(_encode(args))
             answer = b""
             while not answer.endswith(b"\r\n"):
                 chunk = conn.recv(65536)
@@ -123,6 +203,13 @@ class RedisServer:
                 answer += chunk
         return answer
 
+    def call(self, *args: str | int | float | bytes) -> Reply:
+        """Send one command and return its whole answer, parsed (see :func:`_read_reply`);
+        an error answer raises :class:`RedisReplyError`."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn, conn.makefile("rb") as stream:
+            conn.sendall(_encode(args))
+            return _read_reply(stream)
+
     def __enter__(self) -> RedisServer:
         self.start()
         return self
@@ -130,3 +217,152 @@ class RedisServer:
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+#: How many hash slots a Redis Cluster has.
+CLUSTER_SLOTS = 16384
+
+
+def _info(text: bytes) -> dict[str, str]:
+    """``CLUSTER INFO``'s ``name:value`` lines as a dict."""
+    fields = (line.split(":", 1) for line in text.decode().splitlines() if ":" in line)
+    return {name: value for name, value in fields}
+
+
+def _slot_map(text: bytes) -> dict[int, tuple[str, ...]]:
+    """What one node's ``CLUSTER NODES`` says: each node's port and the slot ranges it serves,
+    ``("<lo>-<hi>", ...)``, for the nodes it counts as healthy primaries. Nodes that are failing,
+    still in the handshake, without an address or disconnected are left out, so that a map
+    agreeing with the plan means this node sees every primary up."""
+    found: dict[int, tuple[str, ...]] = {}
+    for line in text.decode().splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        address, flags, link = fields[1], set(fields[2].split(",")), fields[7]
+        if "master" not in flags or flags & {"fail", "fail?", "handshake", "noaddr"} or link != "connected":
+            continue
+        port = int(address.split("@", 1)[0].rsplit(":", 1)[1])
+        found[port] = tuple(sorted(s if "-" in s else f"{s}-{s}" for s in fields[8:] if not s.startswith("[")))
+    return found
+
+
+class RedisCluster:
+    """``with RedisCluster() as cluster: ... cluster.nodes[0].port ...``: a Redis Cluster of
+    ``primaries`` nodes (no replicas) on loopback, each a :class:`RedisServer`.
+
+    Set up as ``redis-cli --cluster create`` would, with plain commands: each node gets an even
+    share of the 16384 slots (``CLUSTER ADDSLOTS``) and its own config epoch, every pair of
+    nodes meets (``CLUSTER MEET``), then it waits until every node's ``CLUSTER INFO`` says
+    ``cluster_state:ok`` and every node's ``CLUSTER NODES`` shows the same slot map, the planned
+    one. Redis lets a primary serve no sooner than about 2 s after it starts (its writable delay):
+    :meth:`launch` several clusters, then :meth:`wait_ready` each, to wait for them together.
+    Fails loudly (``RuntimeError``) when it cannot start; kills every node at the end.
+    """
+
+    def __init__(self, primaries: int = 3, *, binary: str | None = None, node_timeout: float = 15.0) -> None:
+        # fmt: off
+        options = [
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(max(1, round(node_timeout * 1000))),
+        ]
+        # fmt: on
+        self.nodes: list[RedisServer] = []
+        taken: set[int] = set()
+        try:
+            for _ in range(primaries):
+                self.nodes.append(RedisServer(binary=binary, port=_free_cluster_port(taken), options=options))
+        except BaseException:
+            self._remove()
+            raise
+        share, extra = divmod(CLUSTER_SLOTS, primaries)
+        bounds, first = [], 0
+        for index in range(primaries):
+            last = first + share + (index < extra) - 1
+            bounds.append((first, last))
+            first = last + 1
+        #: The slot range each node serves, ``(first, last)``, inclusive, in the order of :attr:`nodes`.
+        self.slots: list[tuple[int, int]] = bounds
+
+    def launch(self) -> None:
+        """Start every node and set the cluster up, without waiting for it to turn ``ok``."""
+        for node in self.nodes:
+            node.launch()
+        for node in self.nodes:
+            node.wait_started()
+        for epoch, (node, (first, last)) in enumerate(zip(self.nodes, self.slots, strict=True), start=1):
+            # One command per node, all its slots listed (ADDSLOTSRANGE would need Redis 7).
+            node.call("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+            node.call("CLUSTER", "SET-CONFIG-EPOCH", epoch)  # distinct epochs: no collision to resolve
+        # Every pair meets directly: learning of a third node by gossip alone takes seconds.
+        for index, node in enumerate(self.nodes):
+            for other in self.nodes[index + 1 :]:
+                node.call("CLUSTER", "MEET", "127.0.0.1", other.port)
+
+    def wait_ready(self, *, wait: float = 20.0) -> None:
+        """Wait until every node says ``cluster_state:ok`` and sees the planned slot map."""
+        planned = {node.port: (f"{first}-{last}",) for node, (first, last) in zip(self.nodes, self.slots, strict=True)}
+        deadline = time.monotonic() + wait
+        seen: list[str] = []
+        while True:
+            seen = []
+            for node in self.nodes:
+                if not node.running:
+                    self.stop()
+                    raise RuntimeError(f"a Redis Cluster node (port {node.port}) exited while the cluster formed")
+                info, nodes = node.call("CLUSTER", "INFO"), node.call("CLUSTER", "NODES")
+                assert isinstance(info, bytes)
+                assert isinstance(nodes, bytes)
+                state = _info(info).get("cluster_state")
+                if state != "ok" or _slot_map(nodes) != planned:
+                    seen.append(f"port {node.port}: cluster_state:{state}, map {_slot_map(nodes)}")
+            if not seen:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"the Redis Cluster did not settle within {wait:g}s (planned {planned}): {'; '.join(seen)}")
+
+    def start(self, *, wait: float = 20.0) -> None:
+        """:meth:`launch`, then :meth:`wait_ready`."""
+        try:
+            self.launch()
+        except BaseException:
+            self.stop()
+            raise
+        self.wait_ready(wait=wait)
+
+    def stop(self) -> None:
+        """Kill every node (SIGKILL) that still runs."""
+        for node in self.nodes:
+            node.stop()
+
+    def node_of(self, slot: int) -> RedisServer:
+        """The node serving ``slot``, by the plan every node agreed on."""
+        for node, (first, last) in zip(self.nodes, self.slots, strict=True):
+            if first <= slot <= last:
+                return node
+        raise ValueError(f"no slot {slot} in a cluster of {CLUSTER_SLOTS} slots")
+
+    def keyslot(self, key: str | bytes) -> int:
+        """The slot of ``key`` (``CLUSTER KEYSLOT``, asked of a node that runs)."""
+        node = next(node for node in self.nodes if node.running)
+        slot = node.call("CLUSTER", "KEYSLOT", key)
+        assert isinstance(slot, int)
+        return slot
+
+    def _remove(self) -> None:
+        for node in self.nodes:
+            node.__exit__()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self._remove()  # __exit__ will not run: remove the nodes' directories here
+            raise
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._remove()
