@@ -1,10 +1,13 @@
 """Where a token is kept for a fleet: the :class:`TokenCache` seam, and the flight that uses it.
 
 A manager with a cache runs :meth:`CacheLink.fetch` in its flight instead of asking IAM straight
-away. It reads the credential's entry; adopts a token fresher than its own; otherwise contends
-for a lock, and either asks IAM and stores the token (announcing it) or waits for the holder's
-token. What to do at each step is decided in ``_fleet``; what the store sees (sealed entries,
-keyed names) is ``_sealing``'s business; the store itself (``_redis``) only moves bytes.
+away. Its first step contends for the credential's lock only if no entry is stored, and reads
+the entry and the lock's holder in the same step: a token fresher than its own is adopted;
+otherwise it contends again (taking the lock only if the entry is still the one it judged), and
+either asks IAM and stores the token (announcing it, with the lock's release, in one step) or
+waits for the holder's announcement, which carries the token itself. What to do at each step is
+decided in ``_fleet``; what the store sees (sealed entries, keyed names) is ``_sealing``'s
+business; the store itself (``_redis``) only moves bytes.
 
 Availability first: any failure of the store (down, slow past ``timeout``, refusing, a garbled
 answer) ends the shared part of the flight, and the flight asks IAM itself, exactly as without a
@@ -33,6 +36,7 @@ from ._fleet import (
     after_contending,
     after_read,
     after_store_failure,
+    announced_store_now,
     entry_ttl,
     flight_budget,
     lock_ttl,
@@ -59,38 +63,43 @@ class CacheSession(Protocol):
     """One flight's connection to the store. Opened by :meth:`TokenCache.session`.
 
     Every method may raise any ``Exception`` when the store fails; the flight then goes on
-    without it. The flight bounds each call with the cache's ``timeout``.
+    without it. The flight bounds each call with the cache's ``timeout`` (:meth:`wait` with its
+    ``at_most`` on top). Owner ids are the flight's own: 32 lowercase hex characters.
     """
 
-    async def read(self) -> tuple[bytes | None, float]:
-        """The entry (or ``None``) and the store's clock (Unix seconds), read together."""
-        ...
-
-    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, str | None, float]:
         """Take the lock for ``owner``, for ``ttl`` seconds at most, if nobody holds it and the
-        entry is still ``seen`` (the one the caller judged); in the same step, read the entry and
-        the store's clock.
+        entry is still ``seen`` (the one the caller judged; ``None``: no entry); in the same
+        step, read the entry, the lock's holder and the store's clock.
 
         Returns:
-            Whether the lock was taken, the entry (``None`` if none), the store's clock.
+            Whether the lock was taken, the entry (``None`` if none), the lock's holder after
+            the step (``owner`` if taken; ``None`` if nobody holds it), the store's clock (Unix
+            seconds).
         """
         ...
 
-    async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
-        """Store ``entry`` for ``ttl`` seconds, release ``owner``'s lock, and announce it."""
+    async def publish(self, entry: bytes, ttl: float, owner: str, linger: float) -> None:
+        """In one step: store ``entry`` for ``ttl`` seconds, release ``owner``'s lock if it still
+        holds it, and announce the entry to ``owner``'s waiters (with the store's clock), the
+        announcement kept for ``linger`` seconds for waiters still on their way to :meth:`wait`.
+        """
         ...
 
-    async def release(self, owner: str) -> None:
-        """Release the lock if ``owner`` still holds it, and announce that (nothing stored)."""
+    async def release(self, owner: str, linger: float) -> None:
+        """Release the lock if ``owner`` still holds it, and announce to ``owner``'s waiters that
+        it stored nothing (kept for ``linger`` seconds, as :meth:`publish`'s)."""
         ...
 
-    async def watch(self) -> None:
-        """Start listening for announcements; returns once listening."""
-        ...
+    async def wait(self, holder: str, at_most: float) -> tuple[bytes | None, float] | None:
+        """``holder``'s announcement: at once if it was made, else the first within ``at_most``
+        seconds (a store may return ``None`` earlier). Every waiter gets it, and an announcement
+        stays readable after it is read.
 
-    async def wait(self, at_most: float) -> None:
-        """Return at the first announcement since the last call (or :meth:`watch`), or after
-        ``at_most`` seconds."""
+        Returns:
+            The announced entry (``None``: the holder stored nothing) and the store's clock when
+            it was announced; ``None`` when nothing was announced in time.
+        """
         ...
 
 
@@ -99,14 +108,15 @@ class TokenCache(Protocol):
     """Where a fleet of processes keeps its tokens: the seam :class:`~aioiam.RedisTokenCache` fills.
 
     aioiam derives the key names and seals every entry itself (see ``docs/fleet.md``): a store
-    keeps opaque bytes under opaque names, with an expiry, plus a lock and an announcement
-    channel. Pass one as ``TokenManager(..., cache=...)``.
+    keeps opaque bytes under opaque names, with an expiry, plus a lock and, per lock holder, an
+    announcement every waiter reads. Pass one as ``TokenManager(..., cache=...)``.
 
     Attributes:
         namespace: The prefix of every key name.
         secret: Extra key material, required for sources without a stable secret (never shown).
         timeout: The longest one call to the store may take (seconds).
-        poll_interval: How often a waiting flight reads again if no announcement comes.
+        poll_interval: How long a waiting flight waits for an announcement before it looks at
+            the lock again.
         recheck: After a failure, how long flights leave the store alone.
     """
 
@@ -125,8 +135,9 @@ class TokenCache(Protocol):
     @property
     def recheck(self) -> float: ...
 
-    def session(self, entry: str, lock: str, channel: str) -> AbstractAsyncContextManager[CacheSession]:
-        """A connection for one flight, working on these three key names (one hash slot)."""
+    def session(self, entry: str, lock: str, done: str) -> AbstractAsyncContextManager[CacheSession]:
+        """A connection for one flight, working on the entry, the lock, and the announcement
+        lists ``f"{done}:{owner}"`` (all in one hash slot)."""
         ...
 
 
@@ -227,7 +238,7 @@ class CacheLink:
             return await _ask(ask, clock, request_timeout)
         run = _Run(self, ask, clock, policy, request_timeout, u, avoid)
         try:
-            async with self.cache.session(self.keys.entry, self.keys.lock, self.keys.channel) as session:
+            async with self.cache.session(self.keys.entry, self.keys.lock, self.keys.done) as session:
                 shared = await run.through(session)
         except Exception as exc:  # the store failed: go on without it
             self._failed(exc, clock())
@@ -300,25 +311,22 @@ class _Run:
         #: What this flight's own request to IAM returned, once it made one.
         self.asked: Shared | None = None
         self.published = False
-        # The store's clock at the last read, and our clock when its answer came.
+        # The store's clock at the last read (an acquire), and our clock when its answer came.
         self.store_now = 0.0
         self.read_answered_at = 0.0
 
     async def through(self, session: CacheSession) -> Shared:
-        sent_at = self.clock()
-        with anyio.fail_after(self.timeout):
-            seen, store_now = await session.read()
-        adopted = self._judge(seen, store_now, sent_at)
-        if adopted is not None:
-            return adopted
+        # The first step takes the lock only if nothing is stored (``seen=None``): a cold fleet's
+        # fetcher asks IAM after one round trip. A stored entry is read in the same step and
+        # judged; the next step takes the lock only if the entry is still the one just judged,
+        # so a token stored in between is read there instead, with no lock taken.
+        seen: bytes | None = None
         waiting_since: float | None = None
-        watching = False
+        heard: str | None = None  # the holder whose announcement this flight already has
         while True:
-            # Take the lock only if the entry is still the one just judged: a token stored in
-            # between is read here instead, with no lock taken and no second round trip.
             sent_at = self.clock()
             with anyio.fail_after(self.timeout):
-                acquired, blob, store_now = await session.acquire(self.owner, self.lock_seconds, seen)
+                acquired, blob, holder, store_now = await session.acquire(self.owner, self.lock_seconds, seen)
             adopted = self._judge(blob, store_now, sent_at)
             if adopted is not None:
                 if acquired:  # not for lack of a fresh token: only if the store broke its word
@@ -334,21 +342,41 @@ class _Run:
                 return await self._ask_and_publish(session)
             if waiting_since is None:
                 waiting_since = now
-            if not watching:
-                with anyio.fail_after(self.timeout):
-                    await session.watch()
-                watching = True
-                continue  # look again: the token may have landed before we listened
+            if holder is None:
+                continue  # nobody holds the lock: the entry changed under us; contend again for it
             pause = min(self.link.cache.poll_interval, max(0.0, action.until - now))
+            if holder == heard:
+                # Its announcement did not settle it, yet it still holds the lock: only a store
+                # written by someone else does that. Look again after a pause, not at once.
+                await anyio.sleep(pause)
+                continue
             with anyio.fail_after(pause + self.timeout):
-                await session.wait(pause)
+                news = await session.wait(holder, pause)
+            if news is None:
+                continue  # nothing yet: look at the lock again (its holder may have died)
+            heard = holder
+            announced, announced_at = news
+            if announced is None:
+                continue  # the holder stored nothing and let go: contend for the lock
+            # The announcement carries the entry: no read after waking.
+            adopted = self._judge(announced, announced_store_now(announced_at, store_now), sent_at, announced=True)
+            if adopted is not None:
+                return adopted
+            seen = announced
 
-    def _judge(self, blob: bytes | None, store_now: float, sent_at: float) -> Shared | None:
-        """The token to adopt from what the store holds, if any (see ``_fleet.after_read``)."""
+    def _judge(self, blob: bytes | None, store_now: float, sent_at: float, *, announced: bool = False) -> Shared | None:
+        """The token to adopt from what the store holds, if any (see ``_fleet.after_read``).
+
+        ``store_now`` was read no earlier than ``sent_at`` (our clock). After a read, its clock
+        and our clock now are kept to time a token this flight asks for; an announcement's are
+        not (the next read times it).
+        """
         from ._sealing import unseal
 
-        now = self.read_answered_at = self.clock()
-        self.store_now = store_now
+        now = self.clock()
+        if not announced:
+            self.read_answered_at = now
+            self.store_now = store_now
         entry = unseal(self.link.keys, blob)
         if blob is not None and entry is None:
             logger.debug("aioiam: the shared cache holds an unreadable entry; ignored (it will be replaced)")
@@ -372,7 +400,7 @@ class _Run:
     async def _release(self, session: CacheSession) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(self.timeout):
             try:
-                await session.release(self.owner)
+                await session.release(self.owner, self.lock_seconds)
             except Exception:  # the lock lapses by itself; the failure that matters goes on
                 logger.debug("aioiam: could not release the shared cache's lock; it lapses by itself")
 
@@ -389,6 +417,6 @@ class _Run:
         if ttl > 0:
             blob = seal(self.link.keys, Entry(response, obtained), os.urandom(12))
             with anyio.fail_after(self.timeout):
-                await session.publish(blob, ttl, self.owner)
+                await session.publish(blob, ttl, self.owner, self.lock_seconds)
             self.published = True
         return shared

@@ -3,24 +3,33 @@
 The store only: it keeps what ``_cache`` hands it (sealed bytes under keyed names) and says what
 it holds. Four Redis calls, each one round trip:
 
-- read: a Lua script returning ``TIME`` and ``GET entry`` together (Redis's own clock, read with
-  the entry, times every token the same way on every host);
 - acquire: a Lua script that takes the lock (``SET lock owner NX PX ttl``) only if the entry is
-  still the one the flight judged, and returns the entry and ``TIME`` with the outcome: a token
-  stored in between is read, not fetched again;
+  still the one the flight judged (none, on a flight's first step), and returns the outcome, the
+  entry, the lock's holder and ``TIME`` (Redis's own clock, read with the entry, times every
+  token the same way on every host);
 - publish: a Lua script that sets the entry with its expiry, deletes the lock if it is still the
-  owner's, and ``PUBLISH``es on the channel;
+  owner's, and ``RPUSH``es the announcement (``TIME`` and the sealed entry) onto the owner's
+  list, ``done:<owner>``, which expires after the lock's time;
 - release: a Lua script that deletes the lock only if it is the owner's (compare and delete),
-  and announces that.
+  and announces on the same list that nothing was stored;
+- wait: ``BLMOVE done:<holder> done:<holder> RIGHT LEFT <seconds>``, on the list of the holder
+  the acquire named. Source and destination are the same list: the element is rotated, not
+  taken, so every blocked waiter is served by one push, and a waiter that comes after the push
+  finds it at once. No subscription, no second connection.
 
-A waiting flight subscribes to the channel (coredis's ``PubSub``, in a task of the flight's
-session) and also reads again every ``poll_interval`` seconds. The three key names share a Redis
-Cluster hash tag, so the scripts run on one slot. coredis needs Redis 6 or later (RESP3).
+Every key of a credential shares one Redis Cluster hash tag, so the scripts run on one slot.
+``BLMOVE`` needs Redis 6.2 or later (or Valkey); coredis needs RESP3 (Redis 6 or later).
+
+A wait blocks no longer than half the ``timeout``, and never longer than ``poll_interval``: the
+client made from the URL bounds every reply, a blocking one included, by ``timeout``. A
+``client=`` of your own must allow more than ``poll_interval`` for a reply (its
+``stream_timeout``, or none); with less, each wait fails as a store failure (the flight asks
+IAM itself, with one warning).
 
 coredis is built on anyio and runs on asyncio and trio, like aioiam; its clients must be used
-inside ``async with``. A cache made from a URL opens a client for each flight (a connection or
-two, closed when the flight ends: a flight is one refresh per token lifetime); a ``client=`` you
-pass must be open (inside its ``async with``) while managers use the cache.
+inside ``async with``. A cache made from a URL opens a client for each flight (one connection,
+closed when the flight ends: a flight is one refresh per token lifetime); a ``client=`` you pass
+must be open (inside its ``async with``) while managers use the cache.
 """
 
 from __future__ import annotations
@@ -30,9 +39,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
-
-import anyio
-import anyio.abc
 
 from ._redaction import redactable
 from ._timing import seconds
@@ -45,11 +51,9 @@ __all__ = ["RedisTokenCache"]
 DEFAULT_URL = "redis://localhost:6379/0"
 _INSTALL = "pip install 'aioiam[redis]'"
 
-#: The entry and the store's clock, in one round trip. A missing key is Lua ``false``, which
-#: keeps its place in the table (a ``nil`` would end it).
-READ = "local t = redis.call('TIME') return {t[1], t[2], redis.call('GET', KEYS[1])}"
-#: Take the lock if the entry is still ARGV[3] ('' for none) and nobody holds it; with the entry
-#: and the clock, as READ.
+#: Take the lock if the entry is still ARGV[3] ('' for none) and nobody holds it. Returns the
+#: outcome, the store's clock, the entry and the lock's holder. A missing key is Lua ``false``,
+#: which keeps its place in the table (a ``nil`` would end it).
 ACQUIRE = """
 local t = redis.call('TIME')
 local current = redis.call('GET', KEYS[1])
@@ -58,23 +62,25 @@ if ((current == false and ARGV[3] == '') or current == ARGV[3])
     and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   taken = 1
 end
-return {taken, t[1], t[2], current}
+return {taken, t[1], t[2], current, redis.call('GET', KEYS[2])}
 """
-#: Store the entry, release the owner's lock, announce.
+#: Store the entry, release the owner's lock, announce on the owner's list: "seconds:micros:entry".
 PUBLISH = """
+local t = redis.call('TIME')
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-redis.call('PUBLISH', ARGV[4], 'stored')
+redis.call('RPUSH', KEYS[3], t[1] .. ':' .. t[2] .. ':' .. ARGV[1])
+redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return 1
 """
-#: Compare and delete: only the owner releases its lock.
+#: Compare and delete (only the owner releases its lock), and announce that nothing was stored:
+#: "seconds:micros:" with no entry. Announced even if the lock lapsed: its waiters look again.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
-  return 1
-end
-return 0
+local t = redis.call('TIME')
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('RPUSH', KEYS[2], t[1] .. ':' .. t[2] .. ':')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 
@@ -94,6 +100,7 @@ class RedisTokenCache:
     """One token per credential for a whole fleet of processes, kept in Redis, encrypted.
 
     Pass it to every manager of the fleet: ``TokenManager(key, cache=aioiam.RedisTokenCache(url))``.
+    Needs Redis 6.2 or later, or Valkey (``BLMOVE``).
     For one credential, across every process on the same Redis, one request to IAM is in flight
     at a time, and one process refreshes per token lifetime; the others pick the token up from
     Redis. Each process still answers ``get_token()`` from memory: Redis is read only when a
@@ -107,14 +114,16 @@ class RedisTokenCache:
             ``unix:///path?db=0``. Ignored when ``client`` is given.
         client: A coredis client you made (``coredis.Redis``, ``coredis.RedisCluster``, or a
             Sentinel's primary) and keep open (inside its ``async with``) while managers use
-            the cache. Otherwise each flight opens one from ``url`` and closes it.
+            the cache. Otherwise each flight opens one from ``url`` and closes it. Its
+            ``stream_timeout`` must be longer than ``poll_interval`` (or ``None``): a waiting
+            flight blocks on Redis (``BLMOVE``) for up to that long.
         namespace: The prefix of every key name (no braces).
         secret: Extra key material, at least 16 characters, the same in every process of the
             fleet. Required for sources whose credential rotates (``ContainerSource``,
             ``VPCInstanceSource``); mixed in with the credential's own secret otherwise.
         timeout: The longest one call to Redis may take, seconds (connecting included).
-        poll_interval: While waiting for another process's token, read again this often if no
-            announcement comes.
+        poll_interval: While waiting for another process's token, look at the lock again this
+            often if no announcement comes (a holder that died announces nothing).
         recheck: After Redis failed, how long each process leaves it alone before trying again.
 
     Raises:
@@ -143,7 +152,7 @@ class RedisTokenCache:
             raise TypeError(f"url must be a str, not {type(url).__name__}")
         if client is not None and url != DEFAULT_URL:
             raise ValueError("pass either url or client, not both")
-        if client is not None and not callable(getattr(client, "pubsub", None)):
+        if client is not None and not callable(getattr(client, "blmove", None)):
             raise TypeError(f"client must be a coredis client, not {type(client).__name__}")
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
@@ -195,7 +204,7 @@ class RedisTokenCache:
 
     @property
     def poll_interval(self) -> float:
-        """How often a waiting flight reads again when no announcement comes."""
+        """How often a waiting flight looks at the lock again when no announcement comes."""
         return self._poll
 
     @property
@@ -204,14 +213,10 @@ class RedisTokenCache:
         return self._recheck
 
     @asynccontextmanager
-    async def session(self, entry: str, lock: str, channel: str) -> AsyncIterator[_RedisSession]:
-        """A connection for one flight; closed (with any subscription) when it ends."""
-        async with self._connected() as client, anyio.create_task_group() as tg:
-            session = _RedisSession(client, entry, lock, channel, tg, self._timeout)
-            try:
-                yield session
-            finally:
-                session.stop()  # a subscription ends with an UNSUBSCRIBE (one round trip)
+    async def session(self, entry: str, lock: str, done: str) -> AsyncIterator[_RedisSession]:
+        """A connection for one flight (a client from the URL, closed when the flight ends)."""
+        async with self._connected() as client:
+            yield _RedisSession(client, entry, lock, done, self._timeout / 2)
 
     @asynccontextmanager
     async def _connected(self) -> AsyncIterator[coredis.Redis[Any] | coredis.RedisCluster[Any]]:
@@ -250,99 +255,83 @@ def _location(url: str) -> tuple[str, str | None]:
     return f"{parts.scheme}://{parts.hostname}:{port or 6379}/{db}", password
 
 
-def _entry_and_clock(seconds_part: object, micros: object, blob: object) -> tuple[bytes | None, float]:
-    if isinstance(blob, str):
-        blob = blob.encode("ascii", "replace")
+def _clock(seconds_part: object, micros: object) -> float:
     if not isinstance(seconds_part, (bytes, str, int)) or not isinstance(micros, (bytes, str, int)):
         raise ValueError("Redis answered with something unexpected for TIME")
-    return (blob if isinstance(blob, bytes) else None), int(seconds_part) + int(micros) / 1e6
+    return int(seconds_part) + int(micros) / 1e6
+
+
+def _bytes(value: object) -> bytes | None:
+    """A value as bytes (a client that decodes answers gives ``str``), or ``None``."""
+    if isinstance(value, str):
+        return value.encode("ascii", "replace")
+    return value if isinstance(value, bytes) else None
+
+
+def _announcement(element: object) -> tuple[bytes | None, float]:
+    """An announcement's entry (``None``: nothing stored) and the store's clock when it was made.
+
+    Written by peers, so read as data, like an entry: one that does not parse announces nothing
+    (its waiters contend for the lock again), never a store failure.
+    """
+    raw = _bytes(element) or b""
+    parts = raw.split(b":", 2)
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        return None, 0.0
+    return (parts[2] or None), int(parts[0]) + int(parts[1]) / 1e6
 
 
 class _RedisSession:
     """One flight's calls to Redis. Bounded by the caller (``_cache``); raises coredis's errors."""
 
-    __slots__ = ("_channel", "_client", "_entry", "_lock", "_news", "_stop", "_tg", "_timeout")
+    __slots__ = ("_client", "_done", "_entry", "_lock", "_longest_block")
 
     def __init__(
         self,
         client: coredis.Redis[Any] | coredis.RedisCluster[Any],
         entry: str,
         lock: str,
-        channel: str,
-        tg: anyio.abc.TaskGroup,
-        timeout: float,
+        done: str,
+        longest_block: float,
     ) -> None:
         self._client = client
         self._entry = entry
         self._lock = lock
-        self._channel = channel
-        self._tg = tg
-        self._timeout = timeout
-        self._news = anyio.Event()
-        self._stop = anyio.Event()
+        self._done = done
+        self._longest_block = longest_block
 
-    def stop(self) -> None:
-        """End the subscription, if any (the session's task group then waits for it)."""
-        self._stop.set()
-
-    async def read(self) -> tuple[bytes | None, float]:
-        reply = await self._client.eval(READ, [self._entry], [])
-        if not isinstance(reply, list) or len(reply) != 3:
-            raise ValueError("Redis answered the read with something unexpected")
-        return _entry_and_clock(*reply)
-
-    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, str | None, float]:
         reply = await self._client.eval(
             ACQUIRE, [self._entry, self._lock], [owner, _milliseconds(ttl), seen if seen is not None else b""]
         )
-        if not isinstance(reply, list) or len(reply) != 4:
+        if not isinstance(reply, list) or len(reply) != 5:
             raise ValueError("Redis answered the lock with something unexpected")
-        blob, now = _entry_and_clock(*reply[1:])
-        return reply[0] == 1, blob, now
+        taken, seconds_part, micros, blob, holder = reply
+        raw_holder = _bytes(holder)
+        return (
+            taken == 1,
+            _bytes(blob),
+            raw_holder.decode("ascii", "replace") if raw_holder is not None else None,
+            _clock(seconds_part, micros),
+        )
 
-    async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
-        await self._client.eval(PUBLISH, [self._entry, self._lock], [entry, _milliseconds(ttl), owner, self._channel])
+    async def publish(self, entry: bytes, ttl: float, owner: str, linger: float) -> None:
+        await self._client.eval(
+            PUBLISH,
+            [self._entry, self._lock, f"{self._done}:{owner}"],
+            [entry, _milliseconds(ttl), owner, _milliseconds(linger)],
+        )
 
-    async def release(self, owner: str) -> None:
-        await self._client.eval(RELEASE, [self._lock], [owner, self._channel])
+    async def release(self, owner: str, linger: float) -> None:
+        await self._client.eval(RELEASE, [self._lock, f"{self._done}:{owner}"], [owner, _milliseconds(linger)])
 
-    async def watch(self) -> None:
-        await self._tg.start(self._listen)
+    async def wait(self, holder: str, at_most: float) -> tuple[bytes | None, float] | None:
+        # Never 0 (BLMOVE would block for good), in whole milliseconds (Redis's resolution).
+        block = math.ceil(min(at_most, self._longest_block) * 1000) / 1000
+        if block <= 0:
+            return None
+        from coredis.tokens import PureToken
 
-    async def wait(self, at_most: float) -> None:
-        with anyio.move_on_after(at_most):
-            await self._news.wait()
-        if self._news.is_set():
-            self._news = anyio.Event()
-
-    async def _listen(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        try:
-            async with self._client.pubsub(
-                channels=[self._channel],
-                ignore_subscribe_messages=True,
-                retry_policy=None,
-                subscription_timeout=self._timeout,
-            ) as pubsub:
-                task_status.started()
-                started = True
-                async with anyio.create_task_group() as pump:
-                    pump.start_soon(self._pump, pubsub)
-                    await self._stop.wait()
-                    pump.cancel_scope.cancel()
-                # Unsubscribed first, coredis's pubsub closes at once; otherwise it waits for
-                # more messages for its whole unsubscription timeout (0.1 s) as it closes.
-                with anyio.move_on_after(self._timeout):
-                    await pubsub.unsubscribe(self._channel)
-        except Exception:
-            if not started:
-                raise
-            self._news.set()  # the subscription broke: the waiter reads again now, then polls
-
-    async def _pump(self, pubsub: Any) -> None:
-        # Messages are read from the subscription's stream, not through a channel handler:
-        # coredis installs a handler only after the subscription is confirmed, and a message
-        # arriving in between would miss it.
-        while True:
-            if await pubsub.get_message() is not None:
-                self._news.set()
+        done = f"{self._done}:{holder}"
+        element = await self._client.blmove(done, done, PureToken.RIGHT, PureToken.LEFT, block)
+        return None if element is None else _announcement(element)

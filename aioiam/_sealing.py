@@ -44,13 +44,14 @@ class SealKeys:
     Attributes:
         entry: The key name of the sealed token.
         lock: The key name of the lock that elects the fetcher.
-        channel: Where a new token (or a released lock) is announced.
+        done: The prefix of the announcement lists: the flight that holds the lock announces its
+            token (or that it stored none) on ``f"{done}:{owner}"``, its owner id appended.
         aead: The AES-256-GCM key (secret; never in ``repr``).
     """
 
     entry: str
     lock: str
-    channel: str
+    done: str
     aead: bytes = field(repr=False)
 
 
@@ -80,10 +81,10 @@ def derive_keys(secrets: tuple[str, ...], identity: str, namespace: str) -> Seal
     mac = hmac.HMAC(_hkdf(material, b"aioiam key names"), hashes.SHA256())
     mac.update(ident)
     tag = mac.finalize().hex()[:_NAME_HEX]
-    # The braces are a Redis Cluster hash tag: the three keys land on one slot, so one script
-    # may touch the entry and the lock together.
+    # The braces are a Redis Cluster hash tag: every key of the credential (the entry, the lock,
+    # the announcement lists) lands on one slot, so one script may touch them together.
     base = f"{namespace}:{{{tag}}}"
-    return SealKeys(entry=f"{base}:token", lock=f"{base}:lock", channel=f"{base}:news", aead=aead)
+    return SealKeys(entry=f"{base}:token", lock=f"{base}:lock", done=f"{base}:done", aead=aead)
 
 
 def _payload(entry: Entry) -> bytes:

@@ -11,13 +11,21 @@ import anyio
 #: The store's clock runs this far ahead of the loop's, as Redis's Unix time would.
 STORE_EPOCH = 1_800_000_000.0
 
+#: What an announcement list holds: (the entry or ``None`` for a release, the store's clock).
+Announcement = tuple[bytes | None, float]
+
 
 class MemoryStore:
-    """What every manager of a test fleet shares. ``down`` fails every call; ``latency`` slows it."""
+    """What every manager of a test fleet shares. ``down`` fails every call; ``latency`` slows it.
+
+    ``values`` plays Redis's strings, ``lists`` its lists (the announcements), each with an expiry
+    on the store's clock. ``calls`` records every call by name, in order.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[bytes | str, float]] = {}
-        self.listeners: dict[str, set[MemorySession]] = {}
+        self.lists: dict[str, tuple[list[Announcement], float]] = {}
+        self.pushed: dict[str, anyio.Event] = {}
         self.down = False
         self.latency = 0.0
         self.calls: list[str] = []
@@ -36,9 +44,21 @@ class MemoryStore:
     def put(self, key: str, value: bytes | str, ttl: float = math.inf) -> None:
         self.values[key] = (value, self.now() + ttl)
 
-    def announce(self, channel: str) -> None:
-        for session in self.listeners.get(channel, set()):
-            session.news.set()
+    def announced(self, key: str) -> Announcement | None:
+        """The latest announcement on ``key`` (what a waiter's rotation gets first), if any."""
+        found = self.lists.get(key)
+        if found is None or found[1] <= self.now():
+            self.lists.pop(key, None)
+            return None
+        return found[0][-1]
+
+    def announce(self, key: str, entry: bytes | None, ttl: float = math.inf) -> None:
+        """Push an announcement onto ``key`` (and set its expiry), waking every waiter on it."""
+        elements = self.lists[key][0] if self.announced(key) is not None else []
+        self.lists[key] = ([*elements, (entry, self.now())], self.now() + ttl)
+        event = self.pushed.pop(key, None)
+        if event is not None:
+            event.set()
 
     async def call(self, name: str) -> None:
         self.calls.append(name)
@@ -72,58 +92,53 @@ class MemoryCache:
         return "MemoryCache()"
 
     @asynccontextmanager
-    async def session(self, entry: str, lock: str, channel: str) -> AsyncIterator[MemorySession]:
-        session = MemorySession(self.store, entry, lock, channel)
-        try:
-            yield session
-        finally:
-            self.store.listeners.get(channel, set()).discard(session)
+    async def session(self, entry: str, lock: str, done: str) -> AsyncIterator[MemorySession]:
+        yield MemorySession(self.store, entry, lock, done)
 
 
 class MemorySession:
-    def __init__(self, store: MemoryStore, entry: str, lock: str, channel: str) -> None:
+    """A :class:`aioiam.CacheSession`: each call one step, as Redis runs a script."""
+
+    def __init__(self, store: MemoryStore, entry: str, lock: str, done: str) -> None:
         self.store = store
         self.entry = entry
         self.lock = lock
-        self.channel = channel
-        self.news = anyio.Event()
+        self.done = done
 
-    async def read(self) -> tuple[bytes | None, float]:
-        await self.store.call("read")
+    def _entry(self) -> bytes | None:
         value = self.store.get(self.entry)
-        if isinstance(value, str):
-            value = value.encode()
-        return value, self.store.now()
+        return value.encode() if isinstance(value, str) else value
 
-    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, float]:
+    def _holder(self) -> str | None:
+        value = self.store.get(self.lock)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, str | None, float]:
         await self.store.call("acquire")
-        current = self.store.get(self.entry)
-        if isinstance(current, str):
-            current = current.encode()
+        current = self._entry()
         taken = current == seen and self.store.get(self.lock) is None
         if taken:
             self.store.put(self.lock, owner, ttl)
-        return taken, current, self.store.now()
+        return taken, current, self._holder(), self.store.now()
 
-    async def publish(self, entry: bytes, ttl: float, owner: str) -> None:
+    async def publish(self, entry: bytes, ttl: float, owner: str, linger: float) -> None:
         await self.store.call("publish")
         self.store.put(self.entry, entry, ttl)
-        if self.store.get(self.lock) == owner:
+        if self._holder() == owner:
             del self.store.values[self.lock]
-        self.store.announce(self.channel)
+        self.store.announce(f"{self.done}:{owner}", entry, linger)
 
-    async def release(self, owner: str) -> None:
+    async def release(self, owner: str, linger: float) -> None:
         await self.store.call("release")
-        if self.store.get(self.lock) == owner:
+        if self._holder() == owner:
             del self.store.values[self.lock]
-            self.store.announce(self.channel)
+        self.store.announce(f"{self.done}:{owner}", None, linger)
 
-    async def watch(self) -> None:
-        await self.store.call("watch")
-        self.store.listeners.setdefault(self.channel, set()).add(self)
-
-    async def wait(self, at_most: float) -> None:
+    async def wait(self, holder: str, at_most: float) -> Announcement | None:
+        await self.store.call("wait")
+        key = f"{self.done}:{holder}"
         with anyio.move_on_after(at_most):
-            await self.news.wait()
-        if self.news.is_set():
-            self.news = anyio.Event()
+            while (found := self.store.announced(key)) is None:
+                await self.store.pushed.setdefault(key, anyio.Event()).wait()
+            return found
+        return None

@@ -108,13 +108,13 @@ async def test_a_released_lock_wakes_the_waiters_and_one_of_them_asks() -> None:
     fake, store = FakeIAM(lifetime=100), MemoryStore()
     managers = fleet(fake, store, 3)
     lock = managers[0]._settings.cache.keys.lock  # type: ignore[union-attr]
-    channel = managers[0]._settings.cache.keys.channel  # type: ignore[union-attr]
+    done = managers[0]._settings.cache.keys.done  # type: ignore[union-attr]
     store.put(lock, "another-holder", LOCK_TTL)
 
     async def holder_gives_up() -> None:
         await anyio.sleep(1.0)
         del store.values[lock]
-        store.announce(channel)
+        store.announce(f"{done}:another-holder", None)
 
     try:
         started = anyio.current_time()

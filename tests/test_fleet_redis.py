@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -100,15 +101,23 @@ async def test_managers_share_one_token_and_redis_sees_no_secret(
     finally:
         await a.aclose()
         await b.aclose()
-    names = keys(redis_server, namespace)
-    assert len(names) == 1  # the entry; the lock was released
-    (name,) = names
+    # The entry, and the fetcher's announcement; the lock was released.
+    (name, done) = sorted(keys(redis_server, namespace), key=lambda key: b":done:" in key)
+    assert name.endswith(b":token")
+    assert re.fullmatch(rb"[^{]*\{[0-9a-f]{32}\}:done:[0-9a-f]{32}", done)
+    assert name.split(b"}")[0] == done.split(b"}")[0]  # one hash slot
     value = raw(redis_server, name)
+    (element,) = redis_server.command("LRANGE", done.decode(), 0, -1).split(b"\r\n")[2:-1:2]
+    seconds, micros, announced = element.split(b":", 2)
+    assert announced == value.split(b"\r\n")[1]  # the sealed entry itself, stamped with Redis's clock
+    assert abs(int(seconds) + int(micros) / 1e6 - time.time()) < 60
     for secret in (token, *token.split("."), KEY):
-        assert secret.encode() not in name
-        assert secret.encode() not in value
+        for seen in (name, value, done, element):
+            assert secret.encode() not in seen
     ttl = int(redis_server.command("PTTL", name.decode())[1:])
     assert 40_000 < ttl <= 54_000  # the token's stale time: 60 s less a 6 s margin
+    linger = int(redis_server.command("PTTL", done.decode())[1:])
+    assert 0 < linger <= 14_000  # the lock's time: a 3 s request, two 5 s Redis calls, 1 s
 
 
 @pytest.mark.anyio

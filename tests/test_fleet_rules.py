@@ -144,12 +144,12 @@ def test_a_failed_store_is_left_alone_for_the_recheck_time() -> None:
 
 def test_key_names_are_keyed_hashes_in_one_cluster_slot() -> None:
     keys = derive_keys((KEY,), "grant=apikey\nscope=", "ns")
-    for name in (keys.entry, keys.lock, keys.channel):
+    for name in (keys.entry, keys.lock, keys.done):
         assert name.startswith("ns:{")
         assert KEY not in name
         assert "apikey" not in name
         assert "scope" not in name
-    tags = {name.split("{")[1].split("}")[0] for name in (keys.entry, keys.lock, keys.channel)}
+    tags = {name.split("{")[1].split("}")[0] for name in (keys.entry, keys.lock, keys.done)}
     assert len(tags) == 1
     assert len(tags.pop()) == 32
     assert "aead" not in repr(keys) or repr(keys.aead) not in repr(keys)
@@ -200,7 +200,7 @@ def test_an_entry_moved_to_another_name_or_read_with_another_key_is_unreadable()
     keys = derive_keys((KEY,), "i", "ns")
     blob = seal(keys, Entry(response(), 1.0), NONCE)
     moved = derive_keys((KEY,), "j", "ns")
-    assert unseal(type(keys)(moved.entry, moved.lock, moved.channel, keys.aead), blob) is None
+    assert unseal(type(keys)(moved.entry, moved.lock, moved.done, keys.aead), blob) is None
     assert unseal(derive_keys((KEY + "x",), "i", "ns"), blob) is None
 
 
