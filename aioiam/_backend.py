@@ -21,6 +21,10 @@ import sniffio
 
 __all__ = ["AsyncioLatch", "Backend", "Latch", "detect"]
 
+#: asyncio keeps only weak references to tasks; these are the strong ones, for the tasks
+#: :meth:`Backend.spawn` started (held here, not by the backend, which may go before its task).
+_SPAWNED: set[asyncio.Task[None]] = set()
+
 #: Above this many waiters, :meth:`AsyncioLatch.set` pauses automatic garbage collection while it
 #: resolves their futures.
 _PAUSE_GC_ABOVE = 1_000
@@ -97,15 +101,13 @@ class Backend:
     :meth:`same_loop`, which may be called from anywhere that runs an event loop.
     """
 
-    __slots__ = ("_detached", "_tasks", "loop", "name")
+    __slots__ = ("_detached", "loop", "name")
 
     def __init__(self, name: str, loop: object) -> None:
         #: ``"asyncio"`` or ``"trio"``.
         self.name = name
         #: The running loop (asyncio) or the run's token (trio): its identity names the loop.
         self.loop = loop
-        # asyncio keeps only weak references to tasks; these are the strong ones.
-        self._tasks: set[asyncio.Task[None]] = set()
         # Each task started by start_detached(): its cancel scope, and an event set when it ends.
         self._detached: dict[anyio.CancelScope, anyio.Event] = {}
 
@@ -140,8 +142,8 @@ class Backend:
         """
         if self.name == "asyncio":
             task = asyncio.get_running_loop().create_task(_call(function), name=name)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            _SPAWNED.add(task)
+            task.add_done_callback(_SPAWNED.discard)
         else:
             import trio
 

@@ -35,11 +35,15 @@ must be open (inside its ``async with``) while managers use the cache.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
+import anyio
+import anyio.lowlevel
+
+from ._hooks import logger
 from ._redaction import redactable
 from ._timing import seconds
 
@@ -214,27 +218,69 @@ class RedisTokenCache:
 
     @asynccontextmanager
     async def session(self, entry: str, lock: str, done: str) -> AsyncIterator[_RedisSession]:
-        """A connection for one flight (a client from the URL, closed when the flight ends)."""
-        async with self._connected() as client:
+        """A connection for one flight. A client made from the URL is closed after the flight
+        has left (see :func:`_closed_behind`); a ``client=`` is left open."""
+        if self._client is not None:
+            yield _RedisSession(self._client, entry, lock, done, self._timeout / 2)
+            return
+        async with _closed_behind(self._open) as client:
             yield _RedisSession(client, entry, lock, done, self._timeout / 2)
 
-    @asynccontextmanager
-    async def _connected(self) -> AsyncIterator[coredis.Redis[Any] | coredis.RedisCluster[Any]]:
-        if self._client is not None:
-            yield self._client  # the owner's, open while managers use it
-            return
+    def _open(self) -> coredis.Redis[Any]:
         import coredis
         from coredis.retry import NoRetryPolicy
 
-        client = coredis.Redis.from_url(
+        return coredis.Redis.from_url(
             self._url,
             connect_timeout=self._timeout,
             stream_timeout=self._timeout,
             retry_policy=NoRetryPolicy(),
             verify_version=False,
         )
-        async with client:
-            yield client
+
+
+@asynccontextmanager
+async def _closed_behind(make: Callable[[], coredis.Redis[Any]]) -> AsyncIterator[coredis.Redis[Any]]:
+    """``async with make() as client``, entered and exited in a task of its own: leaving this
+    returns at once, and the client is closed after the tasks the flight's end woke have run.
+
+    A flight ends by handing its token to the manager, which releases every caller waiting for
+    it; closing the client first (its connection's tasks, its socket) would cost each process
+    of a waking fleet a few scheduler turns on the way to its callers. The owning task belongs
+    to no caller (``_backend.spawn``), so cancelling the flight does not cancel the close; it is
+    cancelled only when the event loop ends. Errors from opening the client are raised here;
+    errors from closing it are logged at debug level and dropped.
+    """
+    from ._backend import detect
+
+    opened = anyio.Event()
+    left = anyio.Event()
+    handed: list[coredis.Redis[Any] | Exception] = []
+
+    async def own() -> None:
+        try:
+            async with make() as client:
+                handed.append(client)
+                opened.set()
+                await left.wait()
+                await anyio.lowlevel.checkpoint()  # after the tasks the flight's end made ready
+        except Exception as exc:  # never raised from a task of no one's (on trio it ends the run)
+            if not handed:
+                handed.append(exc)
+            else:
+                logger.debug("aioiam: closing a Redis client failed (%s)", type(exc).__name__)
+        finally:
+            opened.set()
+
+    detect().spawn(own, name="aioiam Redis client")
+    try:
+        await opened.wait()
+        found = handed[0] if handed else ConnectionError("the Redis client could not be opened")
+        if isinstance(found, Exception):
+            raise found
+        yield found
+    finally:
+        left.set()
 
 
 def _location(url: str) -> tuple[str, str | None]:
