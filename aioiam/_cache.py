@@ -36,7 +36,6 @@ from ._fleet import (
     after_contending,
     after_read,
     after_store_failure,
-    announced_store_now,
     entry_ttl,
     flight_budget,
     lock_ttl,
@@ -81,8 +80,8 @@ class CacheSession(Protocol):
 
     async def publish(self, entry: bytes, ttl: float, owner: str, linger: float) -> None:
         """In one step: store ``entry`` for ``ttl`` seconds, release ``owner``'s lock if it still
-        holds it, and announce the entry to ``owner``'s waiters (with the store's clock), the
-        announcement kept for ``linger`` seconds for waiters still on their way to :meth:`wait`.
+        holds it, and announce the entry to ``owner``'s waiters, the announcement kept for
+        ``linger`` seconds for waiters still on their way to :meth:`wait`.
         """
         ...
 
@@ -91,14 +90,14 @@ class CacheSession(Protocol):
         it stored nothing (kept for ``linger`` seconds, as :meth:`publish`'s)."""
         ...
 
-    async def wait(self, holder: str, at_most: float) -> tuple[bytes | None, float] | None:
+    async def wait(self, holder: str, at_most: float) -> bytes | None:
         """``holder``'s announcement: at once if it was made, else the first within ``at_most``
         seconds (a store may return ``None`` earlier). Every waiter gets it, and an announcement
         stays readable after it is read.
 
         Returns:
-            The announced entry (``None``: the holder stored nothing) and the store's clock when
-            it was announced; ``None`` when nothing was announced in time.
+            The announced entry; ``b""`` when the holder stored nothing; ``None`` when nothing
+            was announced in time.
         """
         ...
 
@@ -351,15 +350,15 @@ class _Run:
                 await anyio.sleep(pause)
                 continue
             with anyio.fail_after(pause + self.timeout):
-                news = await session.wait(holder, pause)
-            if news is None:
+                announced = await session.wait(holder, pause)
+            if announced is None:
                 continue  # nothing yet: look at the lock again (its holder may have died)
             heard = holder
-            announced, announced_at = news
-            if announced is None:
+            if not announced:
                 continue  # the holder stored nothing and let go: contend for the lock
-            # The announcement carries the entry: no read after waking.
-            adopted = self._judge(announced, announced_store_now(announced_at, store_now), sent_at, announced=True)
+            # The announcement carries the entry: no read after waking. It is judged with the
+            # clock of the acquire that named its holder (see ``_fleet.start_on_our_clock``).
+            adopted = self._judge(announced, store_now, sent_at, announced=True)
             if adopted is not None:
                 return adopted
             seen = announced
@@ -367,9 +366,9 @@ class _Run:
     def _judge(self, blob: bytes | None, store_now: float, sent_at: float, *, announced: bool = False) -> Shared | None:
         """The token to adopt from what the store holds, if any (see ``_fleet.after_read``).
 
-        ``store_now`` was read no earlier than ``sent_at`` (our clock). After a read, its clock
-        and our clock now are kept to time a token this flight asks for; an announcement's are
-        not (the next read times it).
+        ``store_now`` was read no earlier than ``sent_at`` (our clock), by the read that returned
+        ``blob`` or, for an ``announced`` entry, by the read that named its holder. After a read,
+        its clock and our clock now are kept to time a token this flight asks for.
         """
         from ._sealing import unseal
 

@@ -4,13 +4,13 @@ A flight with a shared cache (``_cache.CacheLink.fetch``) contends for its crede
 reading the entry kept for it in the same step, and these rules say what to do next:
 
 - :func:`after_read`: adopt the entry read (a token fresher than ours), or contend for the lock
-  to refresh it; an entry announced by the lock's holder is judged by the same rule;
+  to refresh it; an entry announced by the lock's holder is judged by the same rule, with the
+  clock of the read that named the holder;
 - :func:`after_contending`: with the lock, ask IAM; without it, wait for the holder's token, or,
   once the holder has had all the time its lock gives it, ask IAM alone;
 - :func:`start_on_our_clock` and :func:`start_on_store_clock`: when a token's life began, moved
   between the store's clock (Redis ``TIME``) and a process's monotonic clock, always erring on
-  the side of an older token; :func:`announced_store_now`: the store's clock to judge an
-  announced entry by;
+  the side of an older token;
 - :func:`entry_ttl`: how long the store keeps an entry (until the token goes stale);
 - :func:`lock_ttl` and :func:`flight_budget`: how long a lock holds and a shared flight lasts;
 - :class:`StoreHealth` and its rules: when to use the store again after it failed, and which
@@ -38,7 +38,6 @@ __all__ = [
     "after_contending",
     "after_read",
     "after_store_failure",
-    "announced_store_now",
     "entry_ttl",
     "flight_budget",
     "lock_ttl",
@@ -114,6 +113,13 @@ def start_on_our_clock(obtained_at: float, store_now: float, read_sent_at: float
     clock) and its answer; taking the earliest possible moment makes the token look older,
     never younger, than it is.
 
+    The pair (``store_now``, ``read_sent_at``) only ties the two clocks together: the entry need
+    not come from that read. A waiter judges the entry its lock's holder announces with the pair
+    of the read that named the holder: the same clocks, the same guarantee, and nothing the
+    announcement says about time (whoever can write the store could forge it) is needed. A
+    token obtained after that read (the usual case: the holder asks IAM just after taking the
+    lock) has a negative age, counted as 0: it starts at ``read_sent_at`` at the latest.
+
     Returns:
         The start, or ``None`` for an entry from further than :data:`MAX_FUTURE_SKEW` in the
         store's future (not believed).
@@ -131,26 +137,6 @@ def start_on_store_clock(sent_at: float, store_now: float, read_answered_at: flo
     clock); taking the latest possible moment makes the token look older, never younger.
     """
     return store_now + (sent_at - read_answered_at)
-
-
-def announced_store_now(announced_at: float, read_store_now: float) -> float:
-    """The store's clock to judge an announced entry by, with :func:`start_on_our_clock`.
-
-    A waiter learns who holds the lock from a read (the lock's value, returned with the entry
-    and the store's clock ``read_store_now``), and then waits for that holder's announcement,
-    stamped with the store's clock (``announced_at``) in the step that releases the lock. Our
-    read found the lock still held, so it ran before the announcement: the stamp was taken no
-    earlier than the read ran, which is no earlier than when we sent it. Judged with the stamp
-    as ``store_now`` and the read's send time as ``read_sent_at``, the token looks older than it
-    is by at most the time between the read and the announcement, never younger.
-
-    The stamp is data in the store, which anyone who can write to the store can forge; a stamp
-    from before the read's own clock cannot be honest, so the read's clock is taken instead
-    (paired with the same send time, that is exactly a read). A forged stamp can therefore make
-    a token look older, never younger, than a read would: an old sealed entry replayed with a
-    made-up stamp is judged by its true age.
-    """
-    return max(announced_at, read_store_now)
 
 
 def after_read(

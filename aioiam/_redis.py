@@ -8,10 +8,10 @@ it holds. Four Redis calls, each one round trip:
   entry, the lock's holder and ``TIME`` (Redis's own clock, read with the entry, times every
   token the same way on every host);
 - publish: a Lua script that sets the entry with its expiry, deletes the lock if it is still the
-  owner's, and ``RPUSH``es the announcement (``TIME`` and the sealed entry) onto the owner's
-  list, ``done:<owner>``, which expires after the lock's time;
+  owner's, and ``RPUSH``es the sealed entry onto the owner's list, ``done:<owner>``, which
+  expires after the lock's time;
 - release: a Lua script that deletes the lock only if it is the owner's (compare and delete),
-  and announces on the same list that nothing was stored;
+  and announces on the same list that nothing was stored (an empty element);
 - wait: ``BLMOVE done:<holder> done:<holder> RIGHT LEFT <seconds>``, on the list of the holder
   the acquire named. Source and destination are the same list: the element is rotated, not
   taken, so every blocked waiter is served by one push, and a waiter that comes after the push
@@ -68,21 +68,19 @@ if ((current == false and ARGV[3] == '') or current == ARGV[3])
 end
 return {taken, t[1], t[2], current, redis.call('GET', KEYS[2])}
 """
-#: Store the entry, release the owner's lock, announce on the owner's list: "seconds:micros:entry".
+#: Store the entry, release the owner's lock, announce the entry on the owner's list.
 PUBLISH = """
-local t = redis.call('TIME')
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-redis.call('RPUSH', KEYS[3], t[1] .. ':' .. t[2] .. ':' .. ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
 return 1
 """
-#: Compare and delete (only the owner releases its lock), and announce that nothing was stored:
-#: "seconds:micros:" with no entry. Announced even if the lock lapsed: its waiters look again.
+#: Compare and delete (only the owner releases its lock), and announce that nothing was stored
+#: (an empty element). Announced even if the lock lapsed: its waiters look again at once.
 RELEASE = """
-local t = redis.call('TIME')
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('RPUSH', KEYS[2], t[1] .. ':' .. t[2] .. ':')
+redis.call('RPUSH', KEYS[2], '')
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
@@ -218,12 +216,18 @@ class RedisTokenCache:
 
     @asynccontextmanager
     async def session(self, entry: str, lock: str, done: str) -> AsyncIterator[_RedisSession]:
-        """A connection for one flight. A client made from the URL is closed after the flight
-        has left (see :func:`_closed_behind`); a ``client=`` is left open."""
+        """A connection for one flight. A client made from the URL connects before the session
+        is handed over (within ``timeout``) and is closed after the flight has left (see
+        :func:`_closed_behind`); a ``client=`` is left open."""
         if self._client is not None:
             yield _RedisSession(self._client, entry, lock, done, self._timeout / 2)
             return
         async with _closed_behind(self._open) as client:
+            # Connected here (the handshake), not in the flight's first call: that call's answer
+            # ties Redis's clock to ours, and the tie is only as tight as the call is short.
+            with anyio.fail_after(self._timeout):
+                pool = client.connection_pool
+                pool.release(await pool.get_connection())
             yield _RedisSession(client, entry, lock, done, self._timeout / 2)
 
     def _open(self) -> coredis.Redis[Any]:
@@ -314,19 +318,6 @@ def _bytes(value: object) -> bytes | None:
     return value if isinstance(value, bytes) else None
 
 
-def _announcement(element: object) -> tuple[bytes | None, float]:
-    """An announcement's entry (``None``: nothing stored) and the store's clock when it was made.
-
-    Written by peers, so read as data, like an entry: one that does not parse announces nothing
-    (its waiters contend for the lock again), never a store failure.
-    """
-    raw = _bytes(element) or b""
-    parts = raw.split(b":", 2)
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
-        return None, 0.0
-    return (parts[2] or None), int(parts[0]) + int(parts[1]) / 1e6
-
-
 class _RedisSession:
     """One flight's calls to Redis. Bounded by the caller (``_cache``); raises coredis's errors."""
 
@@ -371,7 +362,7 @@ class _RedisSession:
     async def release(self, owner: str, linger: float) -> None:
         await self._client.eval(RELEASE, [self._lock, f"{self._done}:{owner}"], [owner, _milliseconds(linger)])
 
-    async def wait(self, holder: str, at_most: float) -> tuple[bytes | None, float] | None:
+    async def wait(self, holder: str, at_most: float) -> bytes | None:
         # Never 0 (BLMOVE would block for good), in whole milliseconds (Redis's resolution).
         block = math.ceil(min(at_most, self._longest_block) * 1000) / 1000
         if block <= 0:
@@ -380,4 +371,9 @@ class _RedisSession:
 
         done = f"{self._done}:{holder}"
         element = await self._client.blmove(done, done, PureToken.RIGHT, PureToken.LEFT, block)
-        return None if element is None else _announcement(element)
+        if element is None:
+            return None
+        announced = _bytes(element)
+        if announced is None:
+            raise ValueError("Redis answered the wait with something unexpected")
+        return announced

@@ -11,24 +11,23 @@ import anyio
 #: The store's clock runs this far ahead of the loop's, as Redis's Unix time would.
 STORE_EPOCH = 1_800_000_000.0
 
-#: What an announcement list holds: (the entry or ``None`` for a release, the store's clock).
-Announcement = tuple[bytes | None, float]
-
 
 class MemoryStore:
     """What every manager of a test fleet shares. ``down`` fails every call; ``latency`` slows it.
 
     ``values`` plays Redis's strings, ``lists`` its lists (the announcements), each with an expiry
-    on the store's clock. ``calls`` records every call by name, in order.
+    on the store's clock. ``calls`` records every call by name, in order; ``flights`` the same,
+    one list per session (per flight).
     """
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[bytes | str, float]] = {}
-        self.lists: dict[str, tuple[list[Announcement], float]] = {}
+        self.lists: dict[str, tuple[list[bytes], float]] = {}
         self.pushed: dict[str, anyio.Event] = {}
         self.down = False
         self.latency = 0.0
         self.calls: list[str] = []
+        self.flights: list[list[str]] = []
         self.skew = 0.0  # added to the store's clock
 
     def now(self) -> float:
@@ -44,7 +43,7 @@ class MemoryStore:
     def put(self, key: str, value: bytes | str, ttl: float = math.inf) -> None:
         self.values[key] = (value, self.now() + ttl)
 
-    def announced(self, key: str) -> Announcement | None:
+    def announced(self, key: str) -> bytes | None:
         """The latest announcement on ``key`` (what a waiter's rotation gets first), if any."""
         found = self.lists.get(key)
         if found is None or found[1] <= self.now():
@@ -52,16 +51,18 @@ class MemoryStore:
             return None
         return found[0][-1]
 
-    def announce(self, key: str, entry: bytes | None, ttl: float = math.inf) -> None:
-        """Push an announcement onto ``key`` (and set its expiry), waking every waiter on it."""
+    def announce(self, key: str, entry: bytes, ttl: float = math.inf) -> None:
+        """Push an announcement (an entry, ``b""`` for a release) onto ``key`` and set its expiry,
+        waking every waiter on it."""
         elements = self.lists[key][0] if self.announced(key) is not None else []
-        self.lists[key] = ([*elements, (entry, self.now())], self.now() + ttl)
+        self.lists[key] = ([*elements, entry], self.now() + ttl)
         event = self.pushed.pop(key, None)
         if event is not None:
             event.set()
 
-    async def call(self, name: str) -> None:
+    async def call(self, name: str, flight: list[str]) -> None:
         self.calls.append(name)
+        flight.append(name)
         if self.latency:
             await anyio.sleep(self.latency)
         if self.down:
@@ -104,6 +105,8 @@ class MemorySession:
         self.entry = entry
         self.lock = lock
         self.done = done
+        self.calls: list[str] = []
+        store.flights.append(self.calls)
 
     def _entry(self) -> bytes | None:
         value = self.store.get(self.entry)
@@ -114,7 +117,7 @@ class MemorySession:
         return value.decode() if isinstance(value, bytes) else value
 
     async def acquire(self, owner: str, ttl: float, seen: bytes | None) -> tuple[bool, bytes | None, str | None, float]:
-        await self.store.call("acquire")
+        await self.store.call("acquire", self.calls)
         current = self._entry()
         taken = current == seen and self.store.get(self.lock) is None
         if taken:
@@ -122,20 +125,20 @@ class MemorySession:
         return taken, current, self._holder(), self.store.now()
 
     async def publish(self, entry: bytes, ttl: float, owner: str, linger: float) -> None:
-        await self.store.call("publish")
+        await self.store.call("publish", self.calls)
         self.store.put(self.entry, entry, ttl)
         if self._holder() == owner:
             del self.store.values[self.lock]
         self.store.announce(f"{self.done}:{owner}", entry, linger)
 
     async def release(self, owner: str, linger: float) -> None:
-        await self.store.call("release")
+        await self.store.call("release", self.calls)
         if self._holder() == owner:
             del self.store.values[self.lock]
-        self.store.announce(f"{self.done}:{owner}", None, linger)
+        self.store.announce(f"{self.done}:{owner}", b"", linger)
 
-    async def wait(self, holder: str, at_most: float) -> Announcement | None:
-        await self.store.call("wait")
+    async def wait(self, holder: str, at_most: float) -> bytes | None:
+        await self.store.call("wait", self.calls)
         key = f"{self.done}:{holder}"
         with anyio.move_on_after(at_most):
             while (found := self.store.announced(key)) is None:

@@ -11,6 +11,7 @@ import pytest
 
 from aioiam import RetryPolicy, TokenManager
 from aioiam._decisions import NO_FAILURES
+from aioiam._sealing import SealKeys
 from aioiam.testing import FakeIAM, Fault
 from tests.fleet_helpers import MemoryCache, MemoryStore
 from tests.helpers import KEY, Recorder, make_manager
@@ -58,6 +59,110 @@ async def test_a_cold_fleet_makes_one_request_and_everyone_gets_its_token() -> N
         assert len(got) == 120
     finally:
         await close_all(managers)
+
+
+def keys_of(manager: TokenManager) -> SealKeys:
+    return manager._settings.cache.keys  # type: ignore[union-attr]
+
+
+async def test_a_cold_fleet_costs_the_fetcher_two_store_calls_and_each_waiter_two() -> None:
+    """No read before the lock: the fetcher contends and publishes; each waiter contends, and its
+    wait brings the token itself (no read after waking). IAM answers within the poll interval,
+    so no waiter looks at the lock again meanwhile."""
+    fake, store = FakeIAM(lifetime=100, latency=0.1), MemoryStore()
+    managers = fleet(fake, store, 4)
+    try:
+        async with anyio.create_task_group() as tg:
+            for manager in managers:
+                tg.start_soon(manager.get_token)
+        assert fake.requests == 1
+        assert sorted(store.flights) == [["acquire", "publish"]] + [["acquire", "wait"]] * 3
+    finally:
+        await close_all(managers)
+
+
+async def test_a_fresh_entry_is_adopted_in_one_store_call_and_a_due_one_refreshed_in_three() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b, c = fleet(fake, store, 3)
+    try:
+        token = await a.get_token()
+        assert store.flights == [["acquire", "publish"]]  # nothing stored: the lock at once
+        assert await b.get_token() == token
+        assert store.flights[-1] == ["acquire"]
+        await anyio.sleep(85)  # due (refreshed at 75-80 s), not stale (90 s)
+        assert await c.get_token() != token
+        assert store.flights[-1] == ["acquire", "acquire", "publish"]  # judged, then contended with it
+        assert fake.requests == 2
+    finally:
+        await close_all([a, b, c])
+
+
+async def test_a_waiter_that_comes_after_the_announcement_takes_it_at_once() -> None:
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    keys = keys_of(a)
+    try:
+        token = await a.get_token()
+        announced = store.get(keys.entry)
+        assert isinstance(announced, bytes)
+        # Seen from b: its contending found the lock held by "holder-h", and by the time it
+        # waits, the holder has announced its entry (and b does not read the entry again).
+        del store.values[keys.entry]
+        store.put(keys.lock, "holder-h", LOCK_TTL)
+        store.announce(f"{keys.done}:holder-h", announced)
+        started = anyio.current_time()
+        assert await b.get_token() == token
+        assert anyio.current_time() == started  # no wait at all
+        assert store.flights[-1] == ["acquire", "wait"]
+        assert fake.requests == 1
+    finally:
+        await close_all([a, b])
+
+
+async def test_an_old_token_announced_again_is_judged_by_its_true_age() -> None:
+    """Whoever can write the store can push an old sealed entry onto a holder's list: it is judged
+    with the clock of the read that named the holder, so by its true age (stale here), and the
+    waiter does not spin on it."""
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    keys = keys_of(a)
+    try:
+        old = await a.get_token()
+        replayed = store.get(keys.entry)
+        assert isinstance(replayed, bytes)
+        await anyio.sleep(200)  # long stale, and gone from the store
+        assert store.get(keys.entry) is None
+        store.put(keys.lock, "holder-h", LOCK_TTL)
+        store.announce(f"{keys.done}:holder-h", replayed)
+        new = await b.get_token()
+        assert new != old
+        assert fake.is_valid(new)
+        assert fake.requests == 2  # b asked, once the planted lock lapsed
+        flight = store.flights[-1]
+        assert flight.count("wait") == 1  # the holder's announcement is read once
+        assert flight.count("acquire") <= LOCK_TTL / 0.25 + 3  # then the lock, every poll interval
+    finally:
+        await close_all([a, b])
+
+
+async def test_a_token_announced_is_timed_from_the_read_that_named_its_holder() -> None:
+    """The waiter judges the announced token with the clocks of its read that found the lock held
+    (no read after waking): on virtual time, where a read takes no time, exactly as the fetcher
+    times it, and not older by the 0.2 s the fetcher waited for IAM."""
+    fake, store = FakeIAM(lifetime=100, latency=0.2), MemoryStore()
+    a, b = fleet(fake, store, 2)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.get_token)
+            await anyio.sleep(0.05)  # a holds the lock and waits for IAM
+            tg.start_soon(b.get_token)
+        mine, adopted = await a.get_token_info(), await b.get_token_info()
+        assert adopted.access_token == mine.access_token
+        assert store.flights[-1] == ["acquire", "wait"]
+        assert mine.obtained_at == pytest.approx(0.0, abs=1e-6)
+        assert adopted.obtained_at == pytest.approx(0.0, abs=1e-6)
+    finally:
+        await close_all([a, b])
 
 
 async def test_one_refresh_per_lifetime_across_a_running_fleet() -> None:
@@ -114,7 +219,7 @@ async def test_a_released_lock_wakes_the_waiters_and_one_of_them_asks() -> None:
     async def holder_gives_up() -> None:
         await anyio.sleep(1.0)
         del store.values[lock]
-        store.announce(f"{done}:another-holder", None)
+        store.announce(f"{done}:another-holder", b"")
 
     try:
         started = anyio.current_time()
