@@ -28,8 +28,9 @@ IAM itself, with one warning).
 
 coredis is built on anyio and runs on asyncio and trio, like aioiam; its clients must be used
 inside ``async with``. A cache made from a URL opens a client for each flight (one connection,
-closed when the flight ends: a flight is one refresh per token lifetime); a ``client=`` you pass
-must be open (inside its ``async with``) while managers use the cache.
+made before the flight's first call and closed by a task of its own once the flight has handed
+its token on: a flight is one refresh per token lifetime); a ``client=`` you pass must be open
+(inside its ``async with``) while managers use the cache.
 """
 
 from __future__ import annotations
@@ -102,14 +103,13 @@ class RedisTokenCache:
     """One token per credential for a whole fleet of processes, kept in Redis, encrypted.
 
     Pass it to every manager of the fleet: ``TokenManager(key, cache=aioiam.RedisTokenCache(url))``.
-    Needs Redis 6.2 or later, or Valkey (``BLMOVE``).
     For one credential, across every process on the same Redis, one request to IAM is in flight
     at a time, and one process refreshes per token lifetime; the others pick the token up from
     Redis. Each process still answers ``get_token()`` from memory: Redis is read only when a
     token is missing or due. Tokens are sealed with AES-GCM under a key derived from the
     credential, under key names nobody without the credential can tell apart (see
     ``docs/fleet.md``). When Redis fails, each process asks IAM itself, as without a cache,
-    and logs it once.
+    and logs it once. Needs Redis 6.2 or later, or Valkey (waiters block on ``BLMOVE``).
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS) or

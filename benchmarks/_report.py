@@ -805,10 +805,11 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "",
             "Without the cache every process asks IAM for every token; with it, one process asks and the others "
             "adopt its token from Redis (see [fleet.md](fleet.md)). The cold start with the cache is one IAM "
-            "request plus a few Redis round trips for the fetcher (a connection, a read, the lock, a read again, "
-            "the store), and for the others a subscription, the announcement and one more read; with many "
-            "processes on few cores, waking every process at once costs as much again, with or without the "
-            "cache (compare the rows without it).",
+            "request plus three Redis round trips for the fetcher (the connection's handshake, the lock, which "
+            "reads the entry with it, and the store, which announces the token); the others, after the same "
+            "handshake and lock, block on the fetcher's announcement, which brings them the token itself. With "
+            "many processes on few cores, waking every process at once costs as much again, with or without "
+            "the cache (compare the rows without it).",
             "",
         ]
     out += [

@@ -346,3 +346,70 @@ async def test_without_a_cache_nothing_changes() -> None:
         assert fake.requests == 2
     finally:
         await close_all([a, b])
+
+
+# ------------------------------------------------------------------ a flight's Redis client
+
+
+class _Client:
+    """Stands in for a coredis client: what entering and leaving it did, and when."""
+
+    def __init__(self, events: list[str], *, fail_open: bool = False, fail_close: bool = False) -> None:
+        self.events = events
+        self.fail_open = fail_open
+        self.fail_close = fail_close
+
+    async def __aenter__(self) -> _Client:
+        if self.fail_open:
+            raise ConnectionError("refused")
+        self.events.append("opened")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.events.append("closing")
+        await anyio.sleep(1)
+        if self.fail_close:
+            raise RuntimeError("the socket was gone already")
+        self.events.append("closed")
+
+
+async def test_a_flights_client_is_closed_after_the_flight_has_left_not_before() -> None:
+    from aioiam._redis import _closed_behind
+
+    events: list[str] = []
+    async with _closed_behind(lambda: _Client(events)):  # type: ignore[arg-type,return-value]
+        events.append("flight")
+    events.append("left")  # at once: the close is not waited for
+    assert events == ["opened", "flight", "left"]
+    await anyio.sleep(2)
+    assert events == ["opened", "flight", "left", "closing", "closed"]
+
+
+async def test_a_client_that_fails_to_open_fails_the_flight_and_one_that_fails_to_close_does_not() -> None:
+    from aioiam._redis import _closed_behind
+
+    events: list[str] = []
+    with pytest.raises(ConnectionError, match="refused"):
+        async with _closed_behind(lambda: _Client(events, fail_open=True)):  # type: ignore[arg-type,return-value]
+            events.append("flight")
+    async with _closed_behind(lambda: _Client(events, fail_close=True)):  # type: ignore[arg-type,return-value]
+        events.append("flight")
+    await anyio.sleep(2)  # the failed close is dropped (on trio, a raising system task would end the run)
+    assert events == ["opened", "flight", "closing"]
+
+
+async def test_a_flight_cancelled_while_its_client_opens_still_closes_it() -> None:
+    from aioiam._redis import _closed_behind
+
+    events: list[str] = []
+
+    class SlowToOpen(_Client):
+        async def __aenter__(self) -> _Client:
+            await anyio.sleep(1)
+            return await super().__aenter__()
+
+    with anyio.move_on_after(0.5):
+        async with _closed_behind(lambda: SlowToOpen(events)):  # type: ignore[arg-type,return-value]
+            events.append("flight")
+    await anyio.sleep(3)
+    assert events == ["opened", "closing", "closed"]
