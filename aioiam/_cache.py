@@ -315,6 +315,11 @@ class _Run:
         self.read_answered_at = 0.0
 
     async def through(self, session: CacheSession) -> Shared:
+        """The flight's steps through an open session, until a token is adopted or asked for.
+
+        Raises whatever the store raises (the caller goes on without it), and ``TimeoutError``
+        for a store call past its bound; never retries a failed store call itself.
+        """
         # The first step takes the lock only if nothing is stored (``seen=None``): a cold fleet's
         # fetcher asks IAM after one round trip. A stored entry is read in the same step and
         # judged; the next step takes the lock only if the entry is still the one just judged,
