@@ -319,7 +319,9 @@ def _bytes(value: object) -> bytes | None:
 
 
 class _RedisSession:
-    """One flight's calls to Redis. Bounded by the caller (``_cache``); raises coredis's errors."""
+    """One flight's calls to Redis (see :class:`~aioiam.CacheSession`). Bounded by the caller
+    (``_cache``); raises coredis's errors. A wait blocks Redis-side for at most
+    ``longest_block`` seconds, below the client's own bound on a reply."""
 
     __slots__ = ("_client", "_done", "_entry", "_lock", "_longest_block")
 
@@ -363,7 +365,8 @@ class _RedisSession:
         await self._client.eval(RELEASE, [self._lock, f"{self._done}:{owner}"], [owner, _milliseconds(linger)])
 
     async def wait(self, holder: str, at_most: float) -> bytes | None:
-        # Never 0 (BLMOVE would block for good), in whole milliseconds (Redis's resolution).
+        # A rotation of the holder's list (source = destination): its element stays for every
+        # other waiter. Never 0 (BLMOVE would block for good), in whole milliseconds.
         block = math.ceil(min(at_most, self._longest_block) * 1000) / 1000
         if block <= 0:
             return None
