@@ -161,7 +161,8 @@ def test_expiry_in_plain_words(delta: float, words: str) -> None:
     assert describe_expiry(1_000_000 + delta, 1_000_000) == words
 
 
-def test_fake_iam_serves_until_interrupted() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_fake_iam_serves_until_interrupted(stop: signal.Signals) -> None:
     assert AIOIAM is not None
     command = [AIOIAM, "fake-iam", "--lifetime", "120"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # noqa: S603
@@ -178,7 +179,7 @@ def test_fake_iam_serves_until_interrupted() -> None:
             assert answer.status_code == 200
             assert answer.json()["expires_in"] == 120
         finally:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             status = process.wait(timeout=30)
     assert status == 0
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import AsyncIterator
 
 import anyio
 
@@ -40,13 +43,27 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 async def _serve(args: argparse.Namespace) -> None:
     fake = FakeIAM(lifetime=args.lifetime, latency=args.latency)
-    async with fake.serve(port=int(args.port)) as address:
-        print(f"FakeIAM serving on {address.url} (tokens live {args.lifetime:g} s, answers in {args.latency:g} s)")
-        print(f"API key it accepts:        {fake.api_key}")
-        print(f"compute-resource token:    {fake.cr_token} (trusted profile Profile-test, named test-profile)")
-        print(f"try:  IBMCLOUD_API_KEY={fake.api_key} aioiam token --url {address.url}")
-        print("Ctrl-C stops it.", flush=True)
-        await anyio.sleep_forever()
+    with contextlib.ExitStack() as stack:
+        # Ctrl-C (SIGINT) or a service manager's SIGTERM ends the serving normally. Listened for
+        # before the banner, so a signal sent once the banner is out always ends it this way and
+        # never races the event loop's own handling of Ctrl-C (cancelling the main task), which
+        # once left the server running.
+        signals: AsyncIterator[signal.Signals] | None
+        try:
+            signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+        except NotImplementedError:  # Windows: Ctrl-C raises KeyboardInterrupt instead
+            signals = None
+        async with fake.serve(port=int(args.port)) as address:
+            print(f"FakeIAM serving on {address.url} (tokens live {args.lifetime:g} s, answers in {args.latency:g} s)")
+            print(f"API key it accepts:        {fake.api_key}")
+            print(f"compute-resource token:    {fake.cr_token} (trusted profile Profile-test, named test-profile)")
+            print(f"try:  IBMCLOUD_API_KEY={fake.api_key} aioiam token --url {address.url}")
+            print("Ctrl-C stops it.", flush=True)
+            if signals is None:
+                await anyio.sleep_forever()
+            else:
+                async for _ in signals:
+                    return
 
 
 def run_command(args: argparse.Namespace) -> int:
