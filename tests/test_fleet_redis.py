@@ -285,11 +285,11 @@ async def test_a_client_whose_replies_time_out_before_a_wait_ends_is_a_store_fai
     import coredis
 
     caplog.set_level(logging.WARNING, logger="aioiam")
-    fake = FakeIAM(api_keys=None, lifetime=60, latency=1.0)
+    fake = FakeIAM(api_keys=None, lifetime=60, latency=2.0)  # b's wait fails long before a's token
     namespace = f"short-replies-{anyio_backend[0]}"
     with fake.serve_in_thread() as address:
-        async with coredis.Redis.from_url(redis_server.url, stream_timeout=0.2) as client:
-            cache = aioiam.RedisTokenCache(client=client, namespace=namespace, timeout=5.0, poll_interval=2.0)
+        async with coredis.Redis.from_url(redis_server.url, stream_timeout=0.5) as client:
+            cache = aioiam.RedisTokenCache(client=client, namespace=namespace, timeout=5.0, poll_interval=2.5)
             a, b = TokenManager(KEY, url=address.url, cache=cache), TokenManager(KEY, url=address.url, cache=cache)
             tokens: list[str] = []
             try:
@@ -304,8 +304,8 @@ async def test_a_client_whose_replies_time_out_before_a_wait_ends_is_a_store_fai
     assert all(fake.is_valid(token) for token in tokens)
     assert fake.requests == 2
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert len(failed) == 1, failed
-    assert "BLMOVE" in failed[0]
+    assert [message for message in failed if "BLMOVE" in message], failed  # b's wait
+    assert len(failed) <= 2, failed  # and a's publish, if it too took longer than 0.5 s (a loaded machine)
 
 
 @pytest.mark.anyio
