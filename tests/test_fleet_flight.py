@@ -4,6 +4,7 @@ Redis): adopt, contend, wait, take over a dead holder's lock, fall back when the
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import anyio
@@ -205,6 +206,30 @@ async def test_a_dead_holders_lock_blocks_the_fleet_no_longer_than_its_expiry() 
         waited = anyio.current_time() - started
         assert fake.requests == 1
         assert LOCK_TTL - 0.5 <= waited <= LOCK_TTL + 1.0
+    finally:
+        await a.aclose()
+
+
+async def test_a_lock_that_never_lapses_is_waited_out_for_the_locks_time_then_the_waiter_asks_alone() -> None:
+    """A store that keeps a lock past its expiry (or someone who keeps re-taking it): the waiter
+    looks again every poll interval, and once a lock's whole time has passed, asks IAM alone."""
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    (a,) = fleet(fake, store, 1)
+    keys = keys_of(a)
+    store.put(keys.lock, "stuck-holder", math.inf)
+    try:
+        started = anyio.current_time()
+        token = await a.get_token()
+        assert LOCK_TTL <= anyio.current_time() - started <= LOCK_TTL + 1.0
+        assert fake.requests == 1
+        assert store.get(keys.lock) == "stuck-holder"  # not ours: left alone
+        assert store.get(keys.entry) is not None  # stored for the fleet all the same
+        flight = store.flights[-1]
+        assert flight[-1] == "publish"
+        assert flight.count("wait") >= LOCK_TTL / 0.25 - 2  # one wait per poll interval
+        (b,) = fleet(fake, store, 1)
+        assert await b.get_token() == token
+        await b.aclose()
     finally:
         await a.aclose()
 
