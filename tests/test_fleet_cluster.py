@@ -11,7 +11,6 @@ keys (a lock apart from the entry) under one hash tag.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -29,6 +28,7 @@ import aioiam
 from aioiam import RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM
 from aioiam.testing._redis_server import RedisCluster, RedisServer, Reply
+from tests.fleet_helpers import COREDIS_LEFTOVERS
 
 KEY = "test-api-key"
 #: Each test makes credentials until their keys are on every node, at most this many. Where a
@@ -36,20 +36,7 @@ KEY = "test-api-key"
 #: from run to run: all of 60 credentials on two nodes or fewer happens with odds of about 1e-10.
 MAX_CREDENTIALS = 60
 
-pytestmark = [
-    pytest.mark.real_time,
-    # As in test_fleet_redis.py: coredis leaves the memory streams of a connection that never
-    # connected (the killed node) to the garbage collector, which warns; not aioiam's to close.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*MemoryObject:pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
-]
-
-
-@pytest.fixture(autouse=True)
-def _collect_coredis_garbage() -> Iterator[None]:
-    """Collect here, where the filters above apply, what coredis leaves to the garbage collector."""
-    yield
-    gc.collect()
+pytestmark = [pytest.mark.real_time, *COREDIS_LEFTOVERS]
 
 
 # ------------------------------------------------------------------ clusters

@@ -4,7 +4,6 @@ holding garbage, and a fetcher killed while it holds the lock."""
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import logging
@@ -24,25 +23,12 @@ import aioiam
 from aioiam import RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM, Fault
 from aioiam.testing._redis_server import RedisServer
+from tests.fleet_helpers import COREDIS_LEFTOVERS
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-api-key"
 
-pytestmark = [
-    pytest.mark.real_time,
-    # coredis leaves the memory streams of a connection that never connected for the garbage
-    # collector (a ResourceWarning at collection), when Redis is down: not aioiam's to close.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*MemoryObject:pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
-]
-
-
-@pytest.fixture(autouse=True)
-def _collect_coredis_garbage() -> Iterator[None]:
-    """Collect here, where the filters above apply, what coredis leaves to the garbage collector;
-    otherwise its warnings surface in whichever test happens to run the collection."""
-    yield
-    gc.collect()
+pytestmark = [pytest.mark.real_time, *COREDIS_LEFTOVERS]
 
 
 @pytest.fixture(scope="session")
