@@ -390,7 +390,9 @@ def test_a_fleet_of_processes_asks_iam_once_per_lifetime(redis_server: RedisServ
         go(workers)
         found = results(workers)
     assert all(r["failures"] == 0 for r in found)
-    assert sum(r["requests"] for r in found) == fake.requests
+    # A process counts a request as it starts it: a refresh due right at the window's end can be
+    # counted, then cancelled by the close before IAM saw it (at most one: one flight at a time).
+    assert fake.requests <= sum(r["requests"] for r in found) <= fake.requests + 1
     assert fake.max_in_flight == 1
     issued_at = sorted(fake.expires_at(token) - lifetime for token in fake.issued)  # type: ignore[operator]
     gaps = [later - earlier for earlier, later in itertools.pairwise(issued_at)]
