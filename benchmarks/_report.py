@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +215,21 @@ def _times(ratio: float) -> str:
 
 
 def _load_ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None:
-    """``row``'s last-served figure over the raw-request floor's at the same N."""
+    """``row``'s last-served figure against the raw-request floor's at the same N: the median of
+    the rounds' own ratios, each round's contender over the floor of the same round.
+
+    Each round runs every contender back to back, while the speed of a shared virtual CPU drifts
+    from round to round (the workers' work took 29 to 50 µs between rounds of one run): a ratio
+    of the two medians would compare rounds run at different speeds. Without per-round figures
+    (or with rounds missing), the ratio of the medians. Not a test of significance.
+    """
     floor = _row(rows, contender=FLOOR_REQUEST, n=row["n"])
     if floor is None or not floor.get("last_ms") or row.get("last_ms") is None:
         return None
+    ours = [run.get("last_ms") for run in row.get("runs", [])]
+    theirs = [run.get("last_ms") for run in floor.get("runs", [])]
+    if ours and len(ours) == len(theirs) and all(ours) and all(theirs):
+        return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
     ratio: float = row["last_ms"] / floor["last_ms"]
     return ratio
 
@@ -654,7 +666,10 @@ def _markdown(report: dict[str, Any], found: list[dict[str, Any]], png: str | No
             "reading and parsing it, and waking its waiters. *floor: timer* and *floor: raw request* are scenario "
             "1's floors under the same load (the timer floor's answer is the moment its timer fires, in "
             "process); the ratio in brackets is against the raw-request floor, which pays for reading the "
-            "answer like every contender. Waking every waiter at once, the floors serve the last worker after "
+            "answer like every contender: the median of the rounds' own ratios (each round runs every "
+            "contender back to back, and the speed of the shared virtual CPU drifts between rounds, so "
+            "the ratio of two medians would compare rounds run at different speeds; the JSON has every "
+            "round). Waking every waiter at once, the floors serve the last worker after "
             "every other worker has done its work once: about N times the work, which no contender can beat by "
             "much.",
             "",
