@@ -229,7 +229,8 @@ def _load_ratio(rows: list[dict[str, Any]], row: dict[str, Any]) -> float | None
     ours = [run.get("last_ms") for run in row.get("runs", [])]
     theirs = [run.get("last_ms") for run in floor.get("runs", [])]
     if ours and len(ours) == len(theirs) and all(ours) and all(theirs):
-        return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+        paired: float = statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+        return paired
     ratio: float = row["last_ms"] / floor["last_ms"]
     return ratio
 
