@@ -310,7 +310,8 @@ def joins_at_once(token: Token | None, record: FailureRecord) -> bool:
     :class:`Wait` to every caller whose deadline lies ahead (and a caller's deadline always lies
     ahead when it arrives). Saying so without building a step matters when a hundred thousand
     callers arrive before the first token. It does not say whether the flight ends before the
-    caller's deadline: the manager checks that (``Flight.joinable``).
+    caller's deadline: ``Flight.joiners`` is released in time for that (at the flight's end, or
+    for a flight longer than a caller's whole wait, by a timer before any joiner's deadline).
     """
     return token is None and record is NO_FAILURES
 

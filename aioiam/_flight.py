@@ -38,7 +38,7 @@ class Flight:
     the manager stayed open; its waiters decide again and one of them starts a new flight).
     """
 
-    __slots__ = ("backend", "done", "ends_by", "error", "joinable", "token")
+    __slots__ = ("backend", "done", "ends_by", "error", "joinable", "joiners", "token")
 
     def __init__(self, backend: Backend, ends_by: float, *, joinable: bool) -> None:
         #: The event loop it runs on: only its callers may wait for it.
@@ -48,8 +48,18 @@ class Flight:
         #: Whether it ends before the deadline of any caller who arrives while it runs (its budget
         #: is at most a caller's whole wait), so such a caller may wait for it with no timeout.
         self.joinable = joinable
+        #: What the cold crowd waits on, with no timeout of its own: ``done`` when the flight is
+        #: joinable; otherwise a latch set when it ends or when :meth:`release_joiners` is
+        #: called (by a timer at its start plus a caller's whole wait, before any joiner's own
+        #: deadline), after which a joiner still without a token waits with a deadline of its own.
+        self.joiners = self.done if joinable else backend.new_latch()
         self.token: Token | None = None
         self.error: IAMError | None = None
+
+    def release_joiners(self) -> None:
+        """Wake whoever waits on :attr:`joiners` (the flight goes on); a no-op once woken."""
+        if not self.joiners.is_set():
+            self.joiners.set()
 
     def finish(self, token: Token | None, error: IAMError | None) -> bool:
         """Record the outcome and release every waiter, unless it has ended already.
@@ -62,6 +72,7 @@ class Flight:
         self.token = token
         self.error = error
         self.done.set()
+        self.release_joiners()
         return True
 
 

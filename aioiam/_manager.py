@@ -257,15 +257,12 @@ class TokenManager(AsyncContextManagerMixin):
         if token is not None:
             if self._clock() < token.refresh_at:
                 return token.access_token
-        elif (
-            (flight := self._flight) is not None
-            and flight.joinable
-            and joins_at_once(token, self._record)
-            and flight.backend.same_loop()
-        ):
-            # The cold crowd, before the first token: wait for the flight without a decision step.
+        elif (flight := self._flight) is not None and joins_at_once(token, self._record) and flight.backend.same_loop():
+            # The cold crowd, before the first token: wait for the flight without a decision step
+            # and without a timeout of its own (see Flight.joiners). Woken before the flight
+            # ended, the caller goes on below with the deadline of its own call.
             start = self._clock()
-            await flight.done.wait()
+            await flight.joiners.wait()
             token = flight.token
             if token is not None and token is self._token and self._clock() < token.refresh_at:
                 return token.access_token
@@ -451,13 +448,29 @@ class TokenManager(AsyncContextManagerMixin):
         budget = settings.retry.request_timeout
         if settings.cache is not None:
             budget = settings.cache.budget(budget)
-        flight = Flight(self._backend, self._clock() + budget, joinable=budget <= settings.retry.timeout)
+        now = self._clock()
+        flight = Flight(self._backend, now + budget, joinable=budget <= settings.retry.timeout)
         self._flight = flight
         if self._tg is not None:
             self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
         else:
             self._backend.start_detached(partial(self._run_flight, flight), name="aioiam token request")
+        if not flight.joinable:
+            # A flight longer than a caller's whole wait (one through a shared cache may wait out
+            # another process's lock): one timer wakes its joiners before any of their deadlines.
+            # Every joiner arrives after ``now``, so its deadline is after ``now + timeout``.
+            release = partial(self._release_joiners, flight, now + settings.retry.timeout)
+            if self._tg is not None:
+                self._tg.start_soon(release, name="aioiam joiners' deadline")
+            else:
+                self._backend.start_detached(release, name="aioiam joiners' deadline")
         return flight
+
+    async def _release_joiners(self, flight: Flight, at: float) -> None:
+        """Wake ``flight``'s joiners at ``at`` (our clock) if it has not ended by then."""
+        with anyio.move_on_after(max(0.0, at - self._clock())):
+            await flight.done.wait()
+        flight.release_joiners()
 
     async def _run_flight(self, flight: Flight) -> None:
         """Run one flight to its end: fetch, record the outcome, and release every waiter.

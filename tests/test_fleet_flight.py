@@ -3,6 +3,7 @@ Redis): adopt, contend, wait, take over a dead holder's lock, fall back when the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioiam import RetryPolicy, TokenManager
+from aioiam import IAMUnavailableError, RetryPolicy, TokenManager
 from aioiam._decisions import NO_FAILURES
 from aioiam._sealing import SealKeys
 from aioiam.testing import FakeIAM, Fault
@@ -438,3 +439,44 @@ async def test_a_flight_cancelled_while_its_client_opens_still_closes_it() -> No
             events.append("flight")
     await anyio.sleep(3)
     assert events == ["opened", "closing", "closed"]
+
+
+@pytest.mark.parametrize("managed", [True, False], ids=["async-with", "on-demand"])
+async def test_the_cold_crowd_of_a_flight_longer_than_a_callers_wait_keeps_each_callers_own_deadline(
+    managed: bool,
+) -> None:
+    """A flight through the cache may outlast a caller's whole wait (here it waits out a stuck
+    lock for 7 s, with a 3 s timeout): the cold crowd waits for it with one timer for all, and
+    each caller still gives up at its own deadline, counted from its own call; the flight goes
+    on, and the token it gets serves the next caller at once."""
+    fake, store = FakeIAM(lifetime=100), MemoryStore()
+    (a,) = fleet(fake, store, 1, retry=RetryPolicy(request_timeout=5.0, timeout=3.0))
+    store.put(keys_of(a).lock, "stuck-holder", math.inf)
+    gave_up: dict[str, float] = {}
+
+    async def caller(name: str, arrive: float) -> None:
+        await anyio.sleep(arrive)
+        with pytest.raises(IAMUnavailableError, match="within 3s"):
+            await a.get_token()
+        gave_up[name] = anyio.current_time() - start
+
+    start = anyio.current_time()
+    async with contextlib.AsyncExitStack() as stack:
+        if managed:
+            await stack.enter_async_context(a)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, "starter", 0.0)
+            tg.start_soon(caller, "joiner", 0.5)
+            tg.start_soon(caller, "late joiner", 2.9)
+        assert gave_up == {
+            "starter": pytest.approx(3.0),
+            "joiner": pytest.approx(3.5),
+            "late joiner": pytest.approx(5.9),
+        }
+        assert fake.requests == 0  # still waiting out the lock
+        await anyio.sleep(LOCK_TTL + 0.5 - (anyio.current_time() - start))
+        assert fake.requests == 1  # then the flight asked IAM alone
+        started = anyio.current_time()
+        assert fake.is_valid(await a.get_token())
+        assert anyio.current_time() == started
+        await a.aclose()
