@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,10 @@ from coredis.typing import Node
 import aioiam
 from aioiam import RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM
-from aioiam.testing._redis_server import RedisCluster, RedisServer, Reply
+from aioiam.testing._redis_server import RedisCluster
 from tests.fleet_helpers import COREDIS_LEFTOVERS
+from tests.redis_watch import KEY, Watcher, crowd, warnings_of
 
-KEY = "test-api-key"
 #: Each test makes credentials until their keys are on every node, at most this many. Where a
 #: credential's keys land depends on FakeIAM's port (part of the token's identity), so it changes
 #: from run to run: all of 60 credentials on two nodes or fewer happens with odds of about 1e-10.
@@ -129,93 +129,6 @@ async def managers(
     return made
 
 
-async def crowd(fleet: Sequence[TokenManager], callers: int) -> list[set[str]]:
-    """``callers`` concurrent ``get_token()`` calls on every manager at once: the tokens each
-    manager's callers got. Any caller's error fails the test."""
-    got: list[set[str]] = [set() for _ in fleet]
-
-    async def call(index: int) -> None:
-        got[index].add(await fleet[index].get_token())
-
-    async with anyio.create_task_group() as tg:
-        for index in range(len(fleet)):
-            for _ in range(callers):
-                tg.start_soon(call, index)
-    return got
-
-
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith("aioiam") and r.levelno >= logging.WARNING]
-
-
-def _flat(reply: Reply) -> list[bytes]:
-    if isinstance(reply, list):
-        return [part for each in reply for part in _flat(each)]
-    if isinstance(reply, bytes):
-        return [reply]
-    return [] if reply is None else [str(reply).encode()]
-
-
-def contents(node: RedisServer, name: bytes) -> list[bytes]:
-    """Everything a key holds, whatever its type (``[]`` if it is gone since it was listed)."""
-    kind = node.call("TYPE", name)
-    reads: dict[bytes, tuple[str | int, ...]] = {
-        b"none": (),
-        b"string": ("GET", name.decode()),
-        b"hash": ("HGETALL", name.decode()),
-        b"list": ("LRANGE", name.decode(), 0, -1),
-        b"set": ("SMEMBERS", name.decode()),
-        b"zset": ("ZRANGE", name.decode(), 0, -1, "WITHSCORES"),
-        b"stream": ("XRANGE", name.decode(), "-", "+"),
-    }
-    assert isinstance(kind, bytes)
-    assert kind in reads, f"a key of type {kind!r}: read it here too"
-    return _flat(node.call(*reads[kind])) if reads[kind] else []
-
-
-@dataclass
-class Watcher:
-    """What every running node of ``cluster`` holds under ``pattern``, looked at again and again
-    while the fleet works (so a lock held for a moment is seen too): key names and the nodes
-    they were on, values, and the Pub/Sub channels subscribed to on any node."""
-
-    cluster: RedisCluster
-    pattern: str
-    names: dict[bytes, set[int]] = field(default_factory=dict)
-    values: set[bytes] = field(default_factory=set)
-    channels: set[bytes] = field(default_factory=set)
-
-    def look(self) -> None:
-        for node in self.cluster.nodes:
-            if not node.running:
-                continue
-            for name in _flat(node.call("KEYS", self.pattern)):
-                self.names.setdefault(name, set()).add(node.port)
-                self.values.update(contents(node, name))
-            self.channels.update(_flat(node.call("PUBSUB", "CHANNELS")))
-
-    @property
-    def ports(self) -> set[int]:
-        """Every node any of the names was on."""
-        return set().union(*self.names.values())
-
-    @asynccontextmanager
-    async def watching(self) -> AsyncIterator[None]:
-        """Look every few milliseconds (in a thread: the sockets block) while the body runs, and
-        once more at the end."""
-
-        async def keep_looking() -> None:
-            while True:
-                await anyio.to_thread.run_sync(self.look)
-                await anyio.sleep(0.005)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keep_looking)
-            yield
-            tg.cancel_scope.cancel()
-        self.look()
-
-
 # ------------------------------------------------------------------ tests
 
 
@@ -262,7 +175,7 @@ async def test_a_credentials_keys_share_one_slot_and_credentials_spread_over_the
             for index in range(MAX_CREDENTIALS):
                 namespace = f"spread{index}"
                 a, b = await managers(stack, client, address.url, namespace, 2, api_key=f"{KEY}-{index}")
-                watcher = Watcher(cluster, f"{namespace}:*")
+                watcher = Watcher(cluster.nodes, f"{namespace}:*")
                 async with watcher.watching():
                     token = await a.get_token()
                 assert await b.get_token() == token  # from the cluster: b sent no request
@@ -288,7 +201,7 @@ async def test_no_node_sees_a_secret(cluster: RedisCluster, anyio_backend: Any) 
     """Neither the API key nor the token (nor any part of it) in a key name, a value or a channel
     name on any node, looked at all along a slow fetch with waiters on three managers."""
     fake = FakeIAM(api_keys=None, lifetime=60, latency=0.3)
-    watcher = Watcher(cluster, "*")
+    watcher = Watcher(cluster.nodes)
     with fake.serve_in_thread() as address:
         async with cluster_client(cluster) as client, AsyncExitStack() as stack:
             fleet = await managers(stack, client, address.url, "secrets", 3)
@@ -297,13 +210,7 @@ async def test_no_node_sees_a_secret(cluster: RedisCluster, anyio_backend: Any) 
     assert len(tokens) == 1
     assert fake.requests == 1
     (token,) = tokens
-    assert watcher.names
-    assert watcher.values
-    assert all(name.startswith(b"secrets:") for name in watcher.names)
-    seen = [*watcher.names, *watcher.values, *watcher.channels]
-    for secret in (KEY, token, *token.split(".")):
-        for each in seen:
-            assert secret.encode() not in each
+    watcher.assert_no_secret("secrets", {token})
 
 
 @pytest.mark.anyio
@@ -319,7 +226,7 @@ async def test_the_node_holding_the_slot_killed(
             fleet = await managers(stack, client, address.url, "kill", 3)
             (first,) = set().union(*await crowd(fleet, 20))
             assert fake.requests == 1
-            watcher = Watcher(own_cluster, "kill:*")
+            watcher = Watcher(own_cluster.nodes, "kill:*")
             watcher.look()
             (port,) = watcher.ports
             (holder,) = (node for node in own_cluster.nodes if node.port == port)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,10 @@ from coredis.connection import TCPLocation
 import aioiam
 from aioiam import RetryPolicy, TokenManager
 from aioiam.testing import FakeIAM
-from aioiam.testing._redis_server import RedisSentinel, RedisServer
+from aioiam.testing._redis_server import RedisSentinel
 from tests.fleet_helpers import COREDIS_LEFTOVERS
-from tests.test_fleet_cluster import _flat, contents, crowd, warnings_of
+from tests.redis_watch import KEY, Watcher, crowd, warnings_of
 
-KEY = "test-api-key"
 NAME = "aioiam"
 #: After the store failed, a manager leaves it alone this long (the failover test waits longer).
 RECHECK = 1.0
@@ -90,52 +88,6 @@ def managers(
     for each in made:
         stack.push_async_callback(each.aclose)
     return made
-
-
-@dataclass
-class Watcher:
-    """What ``servers`` (those running) hold, looked at again and again while the fleet works (so
-    a lock held for a moment is seen too): key names, values, Pub/Sub channels."""
-
-    servers: Sequence[RedisServer]
-    names: set[bytes] = field(default_factory=set)
-    values: set[bytes] = field(default_factory=set)
-    channels: set[bytes] = field(default_factory=set)
-
-    def look(self) -> None:
-        for server in self.servers:
-            if not server.running:
-                continue
-            for name in _flat(server.call("KEYS", "*")):
-                self.names.add(name)
-                self.values.update(contents(server, name))
-            self.channels.update(_flat(server.call("PUBSUB", "CHANNELS")))
-
-    @asynccontextmanager
-    async def watching(self) -> AsyncIterator[None]:
-        """Look every few milliseconds (in a thread: the sockets block) while the body runs, and
-        once more at the end."""
-
-        async def keep_looking() -> None:
-            while True:
-                await anyio.to_thread.run_sync(self.look)
-                await anyio.sleep(0.005)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(keep_looking)
-            yield
-            tg.cancel_scope.cancel()
-        self.look()
-
-    def assert_no_secret(self, namespace: str, tokens: set[str]) -> None:
-        assert self.names
-        assert self.values
-        assert all(name.startswith(f"{namespace}:".encode()) for name in self.names), self.names
-        seen = [*self.names, *self.values, *self.channels]
-        for token in tokens:
-            for secret in (KEY, token, *token.split(".")):
-                for each in seen:
-                    assert secret.encode() not in each
 
 
 async def until_expired(fake: FakeIAM, tokens: set[str]) -> None:
