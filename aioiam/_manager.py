@@ -22,7 +22,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -451,20 +451,23 @@ class TokenManager(AsyncContextManagerMixin):
         now = self._clock()
         flight = Flight(self._backend, now + budget, joinable=budget <= settings.retry.timeout)
         self._flight = flight
-        if self._tg is not None:
-            self._tg.start_soon(self._run_flight, flight, name="aioiam token request")
-        else:
-            self._backend.start_detached(partial(self._run_flight, flight), name="aioiam token request")
+        self._start_task(partial(self._run_flight, flight), "aioiam token request")
         if not flight.joinable:
             # A flight longer than a caller's whole wait (one through a shared cache may wait out
             # another process's lock): one timer wakes its joiners before any of their deadlines.
             # Every joiner arrives after ``now``, so its deadline is after ``now + timeout``.
             release = partial(self._release_joiners, flight, now + settings.retry.timeout)
-            if self._tg is not None:
-                self._tg.start_soon(release, name="aioiam joiners' deadline")
-            else:
-                self._backend.start_detached(release, name="aioiam joiners' deadline")
+            self._start_task(release, "aioiam joiners' deadline")
         return flight
+
+    def _start_task(self, function: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Start a flight's task: in the manager's task group inside ``async with``; otherwise
+        detached, under a cancel scope that :meth:`aclose` cancels."""
+        assert self._backend is not None
+        if self._tg is not None:
+            self._tg.start_soon(function, name=name)
+        else:
+            self._backend.start_detached(function, name=name)
 
     async def _release_joiners(self, flight: Flight, at: float) -> None:
         """Wake ``flight``'s joiners at ``at`` (our clock) if it has not ended by then."""
